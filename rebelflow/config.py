@@ -1,0 +1,301 @@
+"""Run configuration: one pydantic model per stage plus `RunConfig`, YAML loading and `--set` overrides.
+
+Defaults live here and nowhere else. Every model forbids unknown keys, so a typo in YAML is an error
+that names the key and the valid ones. Relative file paths in a config file are resolved against the
+directory of that file; the store root is resolved against the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rebelflow.errors import ConfigError
+
+# Stages of a round in order. The ones after `prepare` arrive with training (issue 3).
+ROUND_STAGES = ("prompts", "generate", "score", "prepare")
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LauncherConfig(Section):
+    """Where a stage runs. Not part of any fingerprint: it changes how, not what, a stage computes."""
+
+    kind: Literal["inprocess", "subprocess"] = "inprocess"
+    python: str | None = Field(None, description="interpreter for kind=subprocess (default: this one)")
+
+
+class TinyModelConfig(Section):
+    """A small random Llama and a BPE tokenizer, built offline from the corpus shipped in the package."""
+
+    vocab_size: int = Field(1024, ge=300, le=32000)
+    hidden_size: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    max_positions: int = Field(512, ge=64)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TinyModelConfig:
+        if self.hidden_size % self.heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads}): each head gets "
+                f"an equal slice. Set heads to a divisor of {self.hidden_size}."
+            )
+        return self
+
+
+class PolicyConfig(Section):
+    model: str = Field("tiny", description='"tiny" (built offline), a local model folder or a Hub model id')
+    revision: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class PromptsConfig(Section):
+    source: str = Field(..., description="a local .jsonl/.json/.parquet/.csv file or a Hub dataset id")
+    split: str = "train"
+    revision: str | None = None
+    prompt_column: str | None = "prompt"
+    messages_column: str | None = None
+    id_column: str | None = None
+    system_prompt: str | None = None
+    per_round: int | None = Field(None, ge=1, description="prompts each round takes (None: all)")
+    selection: Literal["same", "disjoint"] = "same"
+    shuffle_seed: int | None = Field(None, description="shuffle rows once before slicing (None: file order)")
+
+    @model_validator(mode="after")
+    def _one_prompt_column(self) -> PromptsConfig:
+        if (self.prompt_column is None) == (self.messages_column is None):
+            raise ValueError(
+                "set exactly one of prompt_column (a text column, becomes one user message) and "
+                "messages_column (a column holding a list of {role, content} messages); "
+                f"got prompt_column={self.prompt_column!r}, messages_column={self.messages_column!r}."
+            )
+        if self.selection == "disjoint" and self.per_round is None:
+            raise ValueError(
+                "selection 'disjoint' gives each round its own slice of per_round prompts, but per_round "
+                "is not set. Set prompts.per_round, or use selection: same."
+            )
+        return self
+
+    def is_local(self) -> bool:
+        return self.source.endswith(LOCAL_DATA_SUFFIXES)
+
+
+class GenerateConfig(Section):
+    engine: Literal["hf"] = "hf"
+    n: int = Field(5, ge=2, description="samples per prompt; REBEL pairs the best and the worst")
+    temperature: float = Field(0.8, gt=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(2048, ge=1)
+    seed: int = Field(0, description="sample j of every prompt uses seed + 50*j")
+    batch_size: int = Field(8, ge=1, description="prompts per engine call")
+    shard_size: int = Field(256, ge=1, description="prompts per parquet shard (the unit of resume)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    launcher: LauncherConfig = LauncherConfig()
+
+
+class RewardConfig(Section):
+    backend: Literal["rule", "classifier"] = "rule"
+    function: str | None = Field(None, description="rule: module:function or path/to/file.py:function")
+    model: str | None = Field(None, description="classifier: a local folder or Hub id")
+    revision: str | None = None
+    pad_token: str | None = Field(None, description="classifier: a vocabulary token to pad with")
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(4096, ge=8)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> RewardConfig:
+        if self.backend == "rule" and not self.function:
+            raise ValueError("backend 'rule' needs function: 'module:function' (called with messages, response).")
+        if self.backend == "rule" and ":" not in self.function:
+            raise ValueError(f"function {self.function!r} must look like 'module:function' or 'file.py:function'.")
+        if self.backend == "classifier" and not self.model:
+            raise ValueError("backend 'classifier' needs model: a local folder or Hub id of a sequence classifier.")
+        return self
+
+
+class ScoreConfig(Section):
+    shard_size: int = Field(256, ge=1, description="prompts per parquet shard (the unit of resume)")
+    launcher: LauncherConfig = LauncherConfig()
+
+
+class PrepareConfig(Section):
+    max_prompt_tokens: int = Field(1024, ge=1)
+    max_response_tokens: int = Field(2048, ge=1)
+    require_eot: bool = Field(False, description="drop pairs where a response hit the length limit")
+    validation_pairs: int = Field(1000, ge=0, description="pairs held out for validation")
+    seed: int = 0
+    launcher: LauncherConfig = LauncherConfig()
+
+
+class StoreConfig(Section):
+    root: str = "rebelflow-store"
+
+
+class RunConfig(Section):
+    campaign: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    rounds: int = Field(1, ge=1)
+    stop_after: Literal["generate", "score", "prepare"] = "prepare"
+    policy: PolicyConfig = PolicyConfig()
+    prompts: PromptsConfig
+    reward: RewardConfig
+    generate: GenerateConfig = GenerateConfig()
+    score: ScoreConfig = ScoreConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    store: StoreConfig = StoreConfig()
+
+    @field_validator("campaign")
+    @classmethod
+    def _campaign_length(cls, v: str) -> str:
+        if len(v) > 64:
+            raise ValueError("at most 64 characters: it names folders and flow runs.")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.rounds > 1:
+            raise ValueError(
+                f"rounds: {self.rounds} needs each round's trained policy, but this version stops after "
+                f"'{self.stop_after}' (training is not available yet). Set rounds: 1."
+            )
+        per_round = self.prompts.per_round
+        if per_round is not None and self.stop_after == "prepare" and self.prepare.validation_pairs >= per_round:
+            raise ValueError(
+                f"prepare.validation_pairs ({self.prepare.validation_pairs}) must be below prompts.per_round "
+                f"({per_round}): at most one pair per prompt, and training needs some. Lower "
+                "prepare.validation_pairs or raise prompts.per_round."
+            )
+        return self
+
+    def stages(self) -> tuple[str, ...]:
+        return ROUND_STAGES[: ROUND_STAGES.index(self.stop_after) + 1]
+
+
+# ---------------------------------------------------------------- loading, overrides, messages
+
+
+def load_config(path: str | Path, overrides: list[str] = (), store: str | None = None) -> RunConfig:
+    """Read a YAML preset, apply `a.b=c` overrides and validate. Raises ConfigError with every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found. Give the path of a YAML file (see configs/).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}.")
+    for item in overrides:
+        apply_override(raw, item)
+    if store is not None:
+        raw.setdefault("store", {})["root"] = store
+    _resolve_paths(raw, path.parent.resolve())
+    return validate_config(raw, origin=str(path))
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None
+    _check_prompts_source(cfg)
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set a.b=c`; the value is parsed as YAML (3 -> int, true -> bool, [1,2] -> list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set generate.n=4.")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    model: type[BaseModel] | None = RunConfig
+    node = raw
+    for depth, part in enumerate(parts):
+        fields = model.model_fields if model is not None else {}
+        if model is not None and part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise ConfigError(f"--set {key}: unknown key {part!r} under {where}.{_suggest(part, fields)}")
+        if depth == len(parts) - 1:
+            node[part] = yaml.safe_load(text) if text.strip() else None
+            return
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a value, not a section.")
+        node = child
+        model = _section_model(fields[part].annotation) if model is not None else None
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _suggest(name: str, fields: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(fields), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Valid keys: {', '.join(fields)}."
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    prompts = raw.get("prompts")
+    if isinstance(prompts, dict) and isinstance(prompts.get("source"), str):
+        src = prompts["source"]
+        if src.endswith(LOCAL_DATA_SUFFIXES) and not Path(src).is_absolute():
+            prompts["source"] = str(base / src)
+    reward = raw.get("reward")
+    if isinstance(reward, dict) and isinstance(reward.get("function"), str):
+        module, sep, fn = reward["function"].rpartition(":")
+        if module.endswith(".py") and not Path(module).is_absolute():
+            reward["function"] = f"{base / module}{sep}{fn}"
+    for section, key in (("policy", "model"), ("reward", "model")):
+        node = raw.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            value = node[key]
+            if value.startswith(("./", "../")):
+                node[key] = str((base / value).resolve())
+
+
+def _check_prompts_source(cfg: RunConfig) -> None:
+    if cfg.prompts.is_local() and not Path(cfg.prompts.source).is_file():
+        raise ConfigError(
+            f"[prompts.source] {cfg.prompts.source!r}: file not found. Paths in a config file are relative to "
+            "that file's folder; give an existing .jsonl/.json/.parquet/.csv file or a Hub dataset id."
+        )
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {exc.error_count()} problem(s) in the configuration:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            fields = parent.model_fields if parent else {}
+            lines.append(f"  [{loc}] unknown key.{_suggest(str(err['loc'][-1]), fields)}")
+            continue
+        if err["type"] == "missing":
+            lines.append(f"  [{loc}] required but not set. Add it to the config or pass --set {loc}=...")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  [{loc}]{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = RunConfig
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None
+        model = _section_model(model.model_fields[part].annotation)
+    return model

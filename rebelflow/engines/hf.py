@@ -1,0 +1,57 @@
+"""transformers generation engine (CPU or a single GPU): batched, left-padded, one seed per sample index.
+
+Sample j of every prompt in a batch is drawn with `torch.manual_seed(seed + 50*j)`, the reference
+code's per-sample seeds, so samples differ from each other and a re-run reproduces them exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rebelflow.chat import end_of_turn_ids, prompt_ids
+from rebelflow.engines import Completion, Message, SamplingParams, sample_seed
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFEngine:
+    def __init__(self, model: str, dtype: str = "float32", revision: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        self.model = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=_DTYPES[dtype])
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.eot = end_of_turn_ids(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+        encoded = [prompt_ids(self.tokenizer, messages) for messages in prompts]
+        width = max(len(ids) for ids in encoded)
+        device = self.model.device
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for j in range(params.n):
+            seed = sample_seed(params.seed, j)
+            torch.manual_seed(seed)
+            generated = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=self.eot,
+                pad_token_id=self.pad_id,
+            )[:, width:]
+            for i, row in enumerate(generated.tolist()):
+                out[i].append(self._completion(row, seed))
+        return out
+
+    def _completion(self, row: list[int], seed: int) -> Completion:
+        stop = next((k for k, t in enumerate(row) if t in self.eot), None)
+        ids = row if stop is None else row[: stop + 1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(text=text, token_ids=ids, finish_reason="length" if stop is None else "stop", seed=seed)

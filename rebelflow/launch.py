@@ -1,0 +1,79 @@
+"""Run a stage job in this process or in a subprocess (optionally under another Python interpreter).
+
+A subprocess gets the job as a JSON file and runs `python -m rebelflow.stages.<stage> --job FILE`.
+Its stdout and stderr are merged into one pipe, written whole to `<store>/logs/<id>.log` and passed line
+by line (at most a few per second) to `emit`, e.g. the Prefect run logger. A user error inside the
+subprocess comes back as the same error class; cancelling kills the whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+
+from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.errors import ConfigError, DataError
+from rebelflow.stages import ERROR_PREFIX, StageJob, run_job
+
+
+class StageProcessError(RuntimeError):
+    """A stage subprocess exited with an error that is not a user error (may be transient)."""
+
+
+def launch(job: StageJob, store: Store, emit: Callable[[str], None] = print) -> ArtifactRef:
+    if job.launcher.kind == "inprocess":
+        return run_job(job, store)
+    return _subprocess(job, store, emit)
+
+
+def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> ArtifactRef:
+    jobs_dir, logs_dir = store.root / ".jobs", store.root / "logs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    job_file = jobs_dir / f"{job.ref.id}.json"
+    job_file.write_text(job.model_dump_json(indent=2))
+    python = job.launcher.python or sys.executable
+    cmd = [python, "-u", "-m", f"rebelflow.stages.{job.stage}", "--job", str(job_file), "--store", str(store.root)]
+    log_path = logs_dir / f"{job.ref.id}.log"
+    emit(f"launching {' '.join(cmd)} (full log: {log_path})")
+    tail: deque[str] = deque(maxlen=40)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
+        )
+    except OSError as exc:
+        raise ConfigError(f"[{job.stage}.launcher.python] cannot start {python!r}: {exc}") from exc
+    try:
+        _pump(proc, log_path, tail, emit)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if proc.returncode == 0:
+        return job.ref
+    user_error = next((line for line in reversed(tail) if line.startswith(ERROR_PREFIX)), None)
+    if user_error:
+        kind, _, message = user_error.removeprefix(ERROR_PREFIX).strip().partition(": ")
+        raise (ConfigError if kind == "ConfigError" else DataError)(message)
+    raise StageProcessError(
+        f"stage {job.stage} exited with code {proc.returncode}; last lines:\n" + "\n".join(list(tail)[-15:])
+        + f"\nfull log: {log_path}"
+    )
+
+
+def _pump(proc: subprocess.Popen, log_path, tail: deque, emit: Callable[[str], None]) -> None:
+    last = 0.0
+    with open(log_path, "w") as log:
+        for line in proc.stdout:
+            log.write(line)
+            line = line.rstrip()
+            tail.append(line)
+            now = time.monotonic()
+            if now - last > 0.25 or line.startswith(ERROR_PREFIX):
+                emit(line)
+                last = now
+    proc.wait()

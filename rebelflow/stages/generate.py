@@ -1,0 +1,104 @@
+"""generate: n sampled responses per prompt from the round's policy.
+
+Consumes a prompts artifact and a policy model; produces one row per prompt: `prompt_id`, `messages`,
+`responses` (n texts), `response_ids` (generated token ids, with the end-of-turn token when present),
+`finish_reasons` ("stop" = ended with end-of-turn, "length" = hit max_new_tokens) and `seeds`.
+
+Work is written in shards of `shard_size` prompts; an interrupted run resumes after its last finished
+shard. Sample j of every prompt uses seed + 50*j, as the REBEL code seeds its vLLM samples.
+
+Run alone: python -m rebelflow.stages.generate configs/demo-rebel.yaml --round 1
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from rebelflow import stages
+from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.config import GenerateConfig
+from rebelflow.engines import SamplingParams, load_engine
+from rebelflow.stages.prompts import MESSAGES
+
+NAME, VERSION, KIND = "generate", 1, "dataset"
+SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("responses", pa.list_(pa.string())),
+        ("response_ids", pa.list_(pa.list_(pa.int32()))),
+        ("finish_reasons", pa.list_(pa.string())),
+        ("seeds", pa.list_(pa.int64())),
+    ]
+)
+
+
+class Settings(GenerateConfig):
+    UNHASHED: ClassVar[set[str]] = {"launcher"}
+
+
+def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
+    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
+    if store.is_complete(ref, quarantine=True):
+        return ref
+    rows = store.read_rows(prompts)
+    params = SamplingParams(settings.n, settings.temperature, settings.top_p, settings.max_new_tokens, settings.seed)
+    engine = None
+    started, new_tokens = time.time(), 0
+    with store.writer(ref, VERSION, stages.hashed_settings(settings), [prompts, policy]) as w:
+        shards = range(0, len(rows), settings.shard_size)
+        bar = tqdm(total=len(rows), desc=f"generate ×{settings.n}", unit="prompt")
+        for index, start in enumerate(shards):
+            chunk = rows[start : start + settings.shard_size]
+            if w.has_shard("train", index):
+                bar.update(len(chunk))
+                continue
+            engine = engine or load_engine(settings.engine, store.model_path(policy), settings.dtype, policy.revision)
+            out = []
+            for b in range(0, len(chunk), settings.batch_size):
+                batch = chunk[b : b + settings.batch_size]
+                completions = engine.generate([r["messages"] for r in batch], params)
+                for row, comps in zip(batch, completions):
+                    new_tokens += sum(len(c.token_ids) for c in comps)
+                    out.append(
+                        {
+                            "prompt_id": row["prompt_id"],
+                            "messages": row["messages"],
+                            "responses": [c.text for c in comps],
+                            "response_ids": [c.token_ids for c in comps],
+                            "finish_reasons": [c.finish_reason for c in comps],
+                            "seeds": [c.seed for c in comps],
+                        }
+                    )
+                bar.update(len(batch))
+            w.write_shard("train", index, out, SCHEMA)
+        bar.close()
+        w.finish(summary=_summary(w, len(shards), new_tokens, time.time() - started), card=_CARD)
+    return ref
+
+
+def _summary(w, shards: int, new_tokens: int, seconds: float) -> dict:
+    rows = pa.concat_tables(w.read_shard("train", i) for i in range(shards)).to_pylist()
+    lengths = [len(ids) for r in rows for ids in r["response_ids"]]
+    stops = sum(f == "stop" for r in rows for f in r["finish_reasons"])
+    return {
+        "prompts": len(rows),
+        "responses": len(lengths),
+        "mean response tokens": round(sum(lengths) / max(1, len(lengths)), 2),
+        "ended with end-of-turn": round(stops / max(1, len(lengths)), 4),
+        "new tokens per second (this run)": round(new_tokens / seconds, 1) if new_tokens else None,
+        "sample": [
+            {"prompt_id": r["prompt_id"], "prompt": r["messages"][-1]["content"], "response": r["responses"][0]}
+            for r in rows[:5]
+        ],
+    }
+
+
+_CARD = "Sampled responses of the round's policy, n per prompt, with token ids and finish reasons."
+
+if __name__ == "__main__":
+    raise SystemExit(stages.main(NAME))

@@ -1,0 +1,167 @@
+"""prompts: the round's prompt set as chat messages. Consumes a local .jsonl/.json/.parquet/.csv file or a
+Hub dataset (`datasets.load_dataset`); produces one row per prompt: `prompt_id`, `messages`
+(list of {role, content}, ending with a user turn), `source_row`.
+
+Rows without a usable prompt are dropped and counted per reason. With `selection: same` every round
+takes the same first `per_round` prompts (one shared artifact); with `disjoint` round k takes slice k.
+The fingerprint names the file by its content hash, so moving the file does not invalidate anything.
+
+Run alone: python -m rebelflow.stages.prompts configs/demo-rebel.yaml --round 1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from rebelflow import stages
+from rebelflow.artifacts import ArtifactRef, Store, sha256_file
+from rebelflow.config import PromptsConfig, Section
+from rebelflow.errors import DataError
+
+NAME, VERSION, KIND = "prompts", 1, "dataset"
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SCHEMA = pa.schema([("prompt_id", pa.string()), ("messages", MESSAGES), ("source_row", pa.int64())])
+ROLES = {"system", "user", "assistant"}
+
+
+class Settings(Section):
+    UNHASHED: ClassVar[set[str]] = {"source"}
+
+    source: str
+    source_identity: str
+    split: str
+    revision: str | None
+    prompt_column: str | None
+    messages_column: str | None
+    id_column: str | None
+    system_prompt: str | None
+    shuffle_seed: int | None
+    start: int
+    stop: int | None
+
+    @classmethod
+    def from_config(cls, cfg: PromptsConfig, round_k: int) -> Settings:
+        start, stop = 0, cfg.per_round
+        if cfg.selection == "disjoint":
+            start, stop = (round_k - 1) * cfg.per_round, round_k * cfg.per_round
+        fields = cfg.model_dump(exclude={"per_round", "selection"})
+        return cls(**fields, source_identity=source_identity(cfg), start=start, stop=stop)
+
+
+def source_identity(cfg: PromptsConfig) -> str:
+    if cfg.is_local():
+        return f"file:{sha256_file(Path(cfg.source))}"
+    return f"hub:{cfg.source}:{cfg.split}@{cfg.revision or 'main'}"
+
+
+def load_rows(s: Settings) -> list[dict[str, Any]]:
+    """Read the source with `datasets`; DataError names the file and what is wrong with it."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if s.source.endswith(tuple(".jsonl .json .parquet .csv".split())):
+            path = Path(s.source)
+            if path.stat().st_size == 0 or not path.read_bytes().strip():
+                raise DataError(f"prompts file {s.source} is empty. Give a file with one prompt per row.")
+            builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}[path.suffix[1:]]
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(s.source, split=s.split, revision=s.revision)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many types for unreadable files; keep its words
+        raise DataError(f"cannot read prompts from {s.source}: {type(exc).__name__}: {exc}") from exc
+    column = s.prompt_column or s.messages_column
+    if column not in ds.column_names:
+        key = "prompt_column" if s.prompt_column else "messages_column"
+        raise DataError(
+            f"prompts {s.source} has no column {column!r} (columns: {ds.column_names}). "
+            f"Set prompts.{key} to the column that holds the prompt."
+        )
+    return ds.to_list()
+
+
+def to_messages(s: Settings, row: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str | None]:
+    """The row's conversation, or (None, reason) when it holds no usable prompt."""
+    if s.prompt_column:
+        text = row.get(s.prompt_column)
+        if not isinstance(text, str) or not text.strip():
+            return None, "no prompt"
+        messages = [{"role": "user", "content": text}]
+    else:
+        messages = row.get(s.messages_column)
+        if not messages:
+            return None, "no prompt"
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+        )
+        if not ok:
+            return None, "malformed messages"
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if messages[-1]["role"] != "user":
+            return None, "last message is not from the user"
+    if s.system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": s.system_prompt}, *messages]
+    return messages, None
+
+
+def select(s: Settings, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter]:
+    dropped: Counter = Counter()
+    kept, seen = [], set()
+    for i, row in enumerate(rows):
+        messages, reason = to_messages(s, row)
+        pid = str(row.get(s.id_column)) if s.id_column and row.get(s.id_column) is not None else f"row-{i}"
+        if reason is None and pid in seen:
+            reason = "duplicate id"
+        if reason:
+            dropped[reason] += 1
+            continue
+        seen.add(pid)
+        kept.append({"prompt_id": pid, "messages": messages, "source_row": i})
+    if not kept:
+        raise DataError(
+            f"no usable prompt in {s.source} ({len(rows)} rows; dropped: {dict(dropped)}). Check "
+            "prompts.prompt_column / messages_column."
+        )
+    if s.shuffle_seed is not None:
+        random.Random(s.shuffle_seed).shuffle(kept)
+    if s.stop is not None and s.stop > len(kept):
+        raise DataError(
+            f"this round takes prompts {s.start}..{s.stop - 1}, but {s.source} has {len(kept)} usable prompts. "
+            "Lower prompts.per_round (or rounds with selection: disjoint), or use selection: same."
+        )
+    return kept[s.start : s.stop], dropped
+
+
+def run(settings: Settings, *, store: Store) -> ArtifactRef:
+    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [])
+    if store.is_complete(ref, quarantine=True):
+        return ref
+    rows = load_rows(settings)
+    chosen, dropped = select(settings, rows)
+    with store.writer(ref, VERSION, stages.hashed_settings(settings), []) as w:
+        w.write_shard("train", 0, chosen, SCHEMA)
+        digest = hashlib.sha256(",".join(r["prompt_id"] for r in chosen).encode()).hexdigest()[:12]
+        w.finish(
+            summary={
+                "rows read": len(rows),
+                "dropped": dict(dropped),
+                "prompts": len(chosen),
+                "slice": [settings.start, settings.stop],
+                "prompt ids digest": digest,
+                "sample": [{"prompt_id": r["prompt_id"], "prompt": r["messages"][-1]["content"]} for r in chosen[:5]],
+            },
+            card=f"Prompts {settings.start}..{settings.stop} of {settings.source}.",
+        )
+    return ref
+
+
+if __name__ == "__main__":
+    raise SystemExit(stages.main(NAME))

@@ -1,0 +1,95 @@
+"""score: a reward for every sampled response.
+
+Consumes a generate artifact and the campaign's reward (`rule` or `classifier`); produces the same rows
+plus `rewards` (one float per response, NaN when invalid) and `invalid_reasons` (null when valid). One
+failing response never stops the stage; if every response fails, the reward itself is broken and the
+stage stops with the first reason. Written in shards; resumes after the last finished shard.
+
+Run alone: python -m rebelflow.stages.score configs/demo-rebel.yaml --round 1
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from typing import ClassVar
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from rebelflow import stages
+from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.config import LauncherConfig, RewardConfig, Section
+from rebelflow.errors import DataError
+from rebelflow.rewards import load_reward
+from rebelflow.stages.generate import SCHEMA as GENERATE_SCHEMA
+
+NAME, VERSION, KIND = "score", 1, "dataset"
+SCHEMA = GENERATE_SCHEMA.append(pa.field("rewards", pa.list_(pa.float64()))).append(
+    pa.field("invalid_reasons", pa.list_(pa.string()))
+)
+
+
+class Settings(Section):
+    UNHASHED: ClassVar[set[str]] = {"launcher"}
+
+    reward: RewardConfig
+    reward_identity: str
+    shard_size: int
+    launcher: LauncherConfig = LauncherConfig()
+
+
+def run(settings: Settings, samples: ArtifactRef, *, store: Store) -> ArtifactRef:
+    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [samples])
+    if store.is_complete(ref, quarantine=True):
+        return ref
+    rows = store.read_rows(samples)
+    backend = None
+    with store.writer(ref, VERSION, stages.hashed_settings(settings), [samples]) as w:
+        starts = range(0, len(rows), settings.shard_size)
+        bar = tqdm(total=len(rows), desc="score", unit="prompt")
+        for index, start in enumerate(starts):
+            chunk = rows[start : start + settings.shard_size]
+            if not w.has_shard("train", index):
+                backend = backend or load_reward(settings.reward)
+                items = [(r["messages"], resp) for r in chunk for resp in r["responses"]]
+                rewards = iter(backend.score(items))
+                for r in chunk:
+                    got = [next(rewards) for _ in r["responses"]]
+                    r["rewards"] = [g.value for g in got]
+                    r["invalid_reasons"] = [g.invalid_reason for g in got]
+                w.write_shard("train", index, chunk, SCHEMA)
+            bar.update(len(chunk))
+        bar.close()
+        scored = pa.concat_tables(w.read_shard("train", i) for i in range(len(starts))).to_pylist()
+        w.finish(summary=_summary(scored), card="Sampled responses with one reward each (NaN = invalid, with a reason).")
+    return ref
+
+
+def _summary(rows: list[dict]) -> dict:
+    values = [v for r in rows for v in r["rewards"] if not math.isnan(v)]
+    reasons = Counter(x for r in rows for x in r["invalid_reasons"] if x)
+    total = sum(len(r["rewards"]) for r in rows)
+    if not values:
+        first = next(iter(reasons), "unknown")
+        raise DataError(
+            f"the reward was invalid for all {total} responses; first reason: {first}. Fix the reward "
+            "(the finished shards of this attempt are kept under the store's .partial folder)."
+        )
+    return {
+        "responses": total,
+        "invalid": total - len(values),
+        "invalid reasons": dict(reasons.most_common(10)),
+        "reward mean": round(statistics.fmean(values), 4),
+        "reward std": round(statistics.pstdev(values), 4),
+        "reward min": round(min(values), 4),
+        "reward max": round(max(values), 4),
+        "sample": [
+            {"prompt_id": r["prompt_id"], "response": r["responses"][0], "reward": r["rewards"][0]} for r in rows[:5]
+        ],
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(stages.main(NAME))

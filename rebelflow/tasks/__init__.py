@@ -1,0 +1,55 @@
+"""Thin Prefect tasks around stages. The cache key is the stage fingerprint (plus the store). Callers run
+the task with `refresh_cache` when the store lacks a complete, verified artifact (see `task_for`), so a
+deleted or corrupt artifact is made again instead of being "cached". Retries happen for transient errors only (network, interrupted subprocess), never for config or data
+errors. The persisted result is the small ArtifactRef."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.logging import get_run_logger
+
+from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.errors import RebelflowError
+from rebelflow.launch import launch
+from rebelflow.stages import StageJob
+
+
+class StageCache(CachePolicy):
+    """Key = hash of the store root + the stage fingerprint."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
+        store_hash = hashlib.sha256(str(Store(inputs["store_root"]).root).encode()).hexdigest()[:12]
+        return f"{store_hash}-{inputs['job'].ref.id}"
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Retry unless the failure is the user's to fix (ConfigError, DataError) or a programming error."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    return not isinstance(exc, (RebelflowError, TypeError, ValueError, KeyError, AttributeError))
+
+
+@task(
+    name="stage",
+    task_run_name="{job.stage}-r{job.round}",
+    cache_policy=StageCache(),
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=transient_only,
+)
+def stage_task(job: StageJob, store_root: str) -> ArtifactRef:
+    logger = get_run_logger()
+    logger.info("%s round %d -> %s", job.stage, job.round, job.ref.id)
+    return launch(job, Store(store_root), emit=logger.info)
+
+
+def task_for(job: StageJob, store: Store):
+    """The stage task under its UI name (e.g. `generate_task`); it re-runs, whatever Prefect's cache
+    holds, when the store has no complete and verified artifact (damaged ones are moved aside)."""
+    missing = not store.is_complete(job.ref, quarantine=True)
+    return stage_task.with_options(name=f"{job.stage}_task", refresh_cache=missing)
