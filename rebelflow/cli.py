@@ -1,0 +1,207 @@
+"""`rebelflow` command line: run, plan, history, show, server.
+
+Configuration errors exit with code 2 before any stage starts; a data error inside a stage exits with 1
+and one readable message (the full traceback stays in the Prefect run logs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rebelflow.errors import ConfigError, RebelflowError
+
+app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[str, typer.Argument(help="campaign YAML, e.g. configs/demo-rebel.yaml")]
+SetOpt = Annotated[list[str], typer.Option("--set", help="override, e.g. --set generate.n=4 (repeatable)")]
+StoreOpt = Annotated[str | None, typer.Option("--store", help="artifact store root (default: the config's)")]
+
+
+def _load(config: str, overrides: list[str], store: str | None):
+    from rebelflow.config import load_config
+    from rebelflow.plan import campaign_jobs
+
+    try:
+        cfg = load_config(config, overrides, store)
+        campaign_jobs(cfg)  # resolves the reward function and the prompt file before any work
+    except ConfigError as exc:
+        err.print(f"[bold red]config error[/]: {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    return cfg
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
+    """Run or resume a campaign: finished stages are taken from the store, the rest run."""
+    cfg = _load(config, set_, store)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from rebelflow.flows.campaign import campaign_flow
+
+    started = time.time()
+    try:
+        records = campaign_flow(cfg)
+    except RebelflowError as exc:
+        err.print(f"[bold red]{type(exc).__name__}[/]: {exc}", markup=True, highlight=False)
+        err.print(f"Finished stages are kept in {cfg.store.root}; fix the problem and run the same command again.")
+        raise typer.Exit(1) from None
+    table = Table(title=f"campaign {cfg.campaign} · {time.time() - started:.1f}s · store {cfg.store.root}")
+    for col in ("round", "stage", "artifact", "status", "seconds"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
+    console.print(table)
+
+
+@app.command()
+def plan(
+    config: ConfigArg,
+    set_: SetOpt = [],
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+) -> None:
+    """Validate the config and list every stage with its fingerprint and cached/pending; does no work."""
+    from rebelflow.plan import plan_status
+
+    cfg = _load(config, set_, store)
+    rows = plan_status(cfg)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"plan for {cfg.campaign} (store {cfg.store.root})")
+    for col in ("round", "stage", "fingerprint", "status"):
+        table.add_column(col)
+    for r in rows:
+        color = "green" if r["status"] == "cached" else "yellow"
+        table.add_row(str(r["round"]), r["stage"], r["fingerprint"], f"[{color}]{r['status']}[/]")
+    console.print(table)
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option(help="most recent campaign/round runs to show")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Campaigns, rounds and stages with states and durations, read from Prefect's API."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from rebelflow.history import read_history
+
+    runs = read_history(limit)
+    if as_json:
+        print(json.dumps(runs, indent=2, default=str))
+        return
+    table = Table(title="rebelflow runs (newest first)")
+    for col in ("flow run / stage", "flow", "state", "started", "seconds"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r["name"], r["flow"], r["state"], str(r["start"])[:19], _secs(r["seconds"]))
+        for t in r["tasks"]:
+            table.add_row(f"  └ {t['name']}", "", t["state"], "", _secs(t["seconds"]))
+    console.print(table)
+
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="artifact id, unique id prefix, or artifact folder")],
+    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    rows: Annotated[int, typer.Option(help="rows to print")] = 3,
+) -> None:
+    """An artifact's manifest, lineage and a few rows."""
+    from rebelflow.artifacts import Store
+
+    st = Store(store)
+    try:
+        found = st.find(ref)
+    except KeyError as exc:
+        err.print(f"[bold red]not found[/]: {exc.args[0]}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    manifest = st.manifest(found)
+    problem = st.verify(found)
+    console.print(f"[bold]{found.id}[/]  ({manifest['kind']}, stage {manifest['stage']} v{manifest['code_version']})")
+    console.print(f"folder: {st.path(found)}   verified: {'yes' if problem is None else problem}")
+    console.print(f"made: {manifest['created_at']} in {manifest['timings']['seconds']}s   rows: {manifest['rows']}")
+    console.print("settings: " + json.dumps(manifest["settings"], sort_keys=True))
+    summary = {k: v for k, v in manifest.get("summary", {}).items() if k != "sample"}
+    console.print("summary: " + json.dumps(summary, sort_keys=True))
+    console.print("lineage:")
+    for item in st.lineage(found):
+        console.print(f"  {item['id']}  ({item['created_at']})")
+    for source in manifest.get("input_sources", {}).values():
+        console.print(f"  external model {source}")
+    if manifest["kind"] == "dataset" and rows > 0:
+        for i, row in enumerate(st.read_table(found).slice(0, rows).to_pylist()):
+            console.print(f"row {i}:")
+            for key, value in row.items():
+                console.print(f"  {key}: {_short(value)!r}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _short(value):
+    if isinstance(value, list) and len(value) > 12:
+        return [*value[:12], f"… {len(value)} items"]
+    if isinstance(value, str) and len(value) > 160:
+        return value[:160] + "…"
+    return value
+
+
+@app.command()
+def server(
+    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+) -> None:
+    """Start Prefect's server and UI on the same PREFECT_HOME, so earlier runs are browsable. Ctrl-C stops it."""
+    port = port or _free_port(host)
+    env = {**os.environ, "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_API_HOST": host}
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env)
+    url = f"http://{host}:{port}"
+    try:
+        if _wait_healthy(f"{url}/api/health", proc):
+            console.print(f"Prefect UI: {url}\nSend runs here: export PREFECT_API_URL={url}/api")
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=20)
+    raise typer.Exit(proc.returncode or 0)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+import math
+
+import pytest
+
+from rebelflow import stages
+from rebelflow.artifacts import Store, external_model
+from rebelflow.errors import DataError
+from rebelflow.launch import launch
+from rebelflow.plan import round_jobs
+from rebelflow.stages import generate, prepare
+from tests.conftest import make_config
+from tests.stages.helpers import run_round
+
+
+def test_generate_n_seeded_samples_per_prompt(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file)
+    store, refs, _ = run_round(cfg, tiny_policy, upto="generate")
+    rows = store.read_rows(refs["generate"])
+    assert len(rows) == 12
+    for r in rows:
+        assert len(r["responses"]) == len(r["response_ids"]) == len(r["finish_reasons"]) == 3
+        assert r["seeds"] == [0, 50, 100]
+        for ids, reason in zip(r["response_ids"], r["finish_reasons"]):
+            assert 1 <= len(ids) <= 12 and reason in ("stop", "length")
+            assert (reason == "length") == (len(ids) == 12 and ids[-1] != 2)  # 2 = <|im_end|>
+    assert sum(len(set(r["responses"])) == 3 for r in rows) >= 10  # a prompt's samples differ
+    manifest = store.manifest(refs["generate"])
+    assert len(manifest["splits"]["train"]["files"]) == 3  # shard_size 4
+    # same settings, another store: the same samples
+    again = make_config(tmp_path / "again", prompts_file)
+    store2, refs2, _ = run_round(again, tiny_policy, upto="generate")
+    assert store2.read_rows(refs2["generate"]) == rows
+
+
+def test_generate_resumes_after_the_last_finished_shard(tmp_path, prompts_file, tiny_policy, monkeypatch):
+    cfg = make_config(tmp_path, prompts_file)
+    store = Store(cfg.store.root)
+    jobs = round_jobs(cfg, 1, external_model(tiny_policy))
+    launch(jobs[0], store)
+    calls = []
+    real = generate.load_engine
+
+    class Flaky:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def generate(self, prompts, params):
+            calls.append(len(prompts))
+            if len(calls) == 3:
+                raise ConnectionError("worker lost")
+            return self.engine.generate(prompts, params)
+
+    monkeypatch.setattr(generate, "load_engine", lambda *a: Flaky(real(*a)))
+    with pytest.raises(ConnectionError):
+        launch(jobs[1], store)
+    assert sorted(p.name for p in (tmp_path / "store/.partial" / jobs[1].ref.id / "data").iterdir()) == [
+        "train-00000.parquet", "train-00001.parquet"]
+    calls.clear()
+    launch(jobs[1], store)
+    assert calls == [4]  # only the third shard was generated again
+    assert store.manifest(jobs[1].ref)["rows"] == 12
+
+
+def test_score_marks_failing_rows_invalid_and_counts_them(tmp_path, prompts_file, tiny_policy):
+    (tmp_path / "rules.py").write_text(
+        "def flaky(messages, response):\n"
+        "    if 'music' in messages[-1]['content']:\n        raise ValueError('no music')\n"
+        "    if messages[-1]['content'] == 'Tell me about rain.':\n        return float('nan')\n"
+        "    return len(response)\n"
+    )
+    cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:flaky"})
+    store, refs, _ = run_round(cfg, tiny_policy, upto="score")
+    rows = {r["messages"][-1]["content"]: r for r in store.read_rows(refs["score"])}
+    music, rain, cats = rows["Tell me about music."], rows["Tell me about rain."], rows["Tell me about cats."]
+    assert all(math.isnan(v) for v in music["rewards"]) and "raised ValueError: no music" in music["invalid_reasons"][0]
+    assert rain["invalid_reasons"] == ["reward is nan"] * 3
+    assert cats["rewards"] == [float(len(t)) for t in cats["responses"]] and cats["invalid_reasons"] == [None] * 3
+    summary = store.manifest(refs["score"])["summary"]
+    assert summary["invalid"] == 6 and summary["responses"] == 36
+
+
+def test_score_stops_with_the_reason_when_every_reward_fails(tmp_path, prompts_file, tiny_policy):
+    (tmp_path / "rules.py").write_text("def broken(messages, response):\n    return {}['key']\n")
+    cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:broken"})
+    with pytest.raises(DataError, match="invalid for all 36 responses; first reason: .*raised KeyError"):
+        run_round(cfg, tiny_policy, upto="score")
+
+
+def test_classifier_reward_is_batch_size_invariant(tmp_path, prompts_file, tiny_policy, tiny_classifier):
+    values = []
+    for bs in (1, 5):
+        cfg = make_config(tmp_path / f"b{bs}", prompts_file,
+                          reward={"backend": "classifier", "function": None, "model": tiny_classifier, "batch_size": bs})
+        store, refs, _ = run_round(cfg, tiny_policy, upto="score")
+        values.append([v for r in store.read_rows(refs["score"]) for v in r["rewards"]])
+    assert all(math.isfinite(v) for v in values[0]) and len(set(values[0])) > 10
+    assert values[0] == pytest.approx(values[1], abs=1e-5)
+
+
+def test_prepare_pairs_best_against_worst_with_reply_masks(tmp_path, prompts_file, tiny_policy):
+    from transformers import AutoTokenizer
+
+    cfg = make_config(tmp_path, prompts_file)
+    store, refs, _ = run_round(cfg, tiny_policy)
+    scored = {r["prompt_id"]: r for r in store.read_rows(refs["score"])}
+    train, val = store.read_rows(refs["prepare"]), store.read_rows(refs["prepare"], "validation")
+    assert len(val) == 2 and not {p["prompt_id"] for p in train} & {p["prompt_id"] for p in val}
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    for p in train + val:
+        rewards = scored[p["prompt_id"]]["rewards"]
+        assert p["chosen_reward"] == max(rewards) and p["rejected_reward"] == min(rewards)
+        for side in ("chosen", "rejected"):
+            ids, mask = p[f"{side}_ids"], p[f"{side}_mask"]
+            assert len(ids) == len(mask) and mask[: p["prompt_tokens"]] == [0] * p["prompt_tokens"]
+            assert tok.decode([t for t, m in zip(ids, mask) if m]) == p[f"{side}_text"] + "<|im_end|>"
+    summary = store.manifest(refs["prepare"])["summary"]
+    assert summary["pairs"] + sum(summary["filters"].values()) == 12
+
+
+def test_prepare_filters_are_counted_per_reason():
+    from rebelflow.tiny import build_tokenizer
+
+    tok = build_tokenizer(600)
+    s = prepare.Settings(max_prompt_tokens=64, max_response_tokens=8, require_eot=True, validation_pairs=0)
+    base = {"prompt_id": "x", "messages": [{"role": "user", "content": "Hi"}], "finish_reasons": ["stop"] * 3}
+    cases = {
+        "invalid reward": {"responses": ["a", "b", "c"], "rewards": [1.0, math.nan, math.nan]},
+        "identical pair": {"responses": ["same", "same ", "x"], "rewards": [2.0, 0.0, 1.0]},
+        "no end-of-turn": {"responses": ["a", "b", "c"], "rewards": [2.0, 0.0, 1.0],
+                           "finish_reasons": ["length", "stop", "stop"]},
+        "response too long": {"responses": ["a " * 30, "b", "c"], "rewards": [2.0, 0.0, 1.0]},
+    }
+    for reason, row in cases.items():
+        assert prepare.make_pair(s, tok, {**base, **row}) == (None, reason)
+    long_prompt = {**base, "messages": [{"role": "user", "content": "word " * 100}],
+                   "responses": ["a", "b", "c"], "rewards": [2.0, 0.0, 1.0]}
+    assert prepare.make_pair(s, tok, long_prompt) == (None, "prompt too long")
+    pair, reason = prepare.make_pair(s, tok, {**base, "responses": ["a", "b", "c"], "rewards": [0.5, 0.5, 0.5]})
+    assert reason is None and pair["chosen_text"] != pair["rejected_text"]  # equal rewards still pair two samples
+
+
+def test_prepare_says_what_to_change_when_too_few_pairs_survive(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file, prepare={"max_response_tokens": 1})
+    with pytest.raises(DataError, match=r"0 of 12 prompts gave a pair .*'response too long': 12.*Lower validation_pairs"):
+        run_round(cfg, tiny_policy)
+
+
+def test_stage_runs_alone_from_the_command_line(tmp_path, prompts_file, tiny_policy, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: c\npolicy: {{model: {tiny_policy}}}\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
+        f"generate: {{n: 2, max_new_tokens: 4}}\nprepare: {{validation_pairs: 1}}\nstore: {{root: {tmp_path / 's'}}}\n"
+    )
+    assert stages.main("generate", [str(cfg_file)]) == 3
+    assert "are not in" in capsys.readouterr().err
+    assert stages.main("prompts", [str(cfg_file)]) == 0
+    assert stages.main("generate", [str(cfg_file)]) == 0
+    assert "generate round 1:" in capsys.readouterr().out

@@ -1,0 +1,70 @@
+import pytest
+
+from rebelflow.artifacts import Store
+from rebelflow.errors import DataError
+from rebelflow.stages import run_job
+from tests.conftest import make_config, write_prompts
+
+
+
+def _jobs(cfg, k):
+    from rebelflow import stages
+    from rebelflow.stages import prompts
+
+    return stages.make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k), [])
+
+
+def test_rows_without_prompt_are_dropped_and_counted(tmp_path):
+    path = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Hi"}, {"id": "b", "prompt": ""},
+                                                 {"id": "c"}, {"id": "a", "prompt": "dup"}, {"id": "d", "prompt": "Yo"}])
+    cfg = make_config(tmp_path, path)
+    store = Store(cfg.store.root)
+    ref = run_job(_jobs(cfg, 1), store)
+    rows = store.read_rows(ref)
+    assert [r["prompt_id"] for r in rows] == ["a", "d"]
+    assert rows[0]["messages"] == [{"role": "user", "content": "Hi"}]
+    assert store.manifest(ref)["summary"]["dropped"] == {"no prompt": 2, "duplicate id": 1}
+
+
+def test_messages_column_and_system_prompt(tmp_path):
+    conv = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    path = write_prompts(tmp_path / "p.jsonl", [{"conv": conv}, {"conv": [{"role": "user"}]},
+                                                 {"conv": conv[:2]}])
+    cfg = make_config(tmp_path, path, prompts={"source": str(path), "prompt_column": None, "messages_column": "conv",
+                                               "system_prompt": "Be kind."})
+    store = Store(cfg.store.root)
+    ref = run_job(_jobs(cfg, 1), store)
+    rows = store.read_rows(ref)
+    assert len(rows) == 1 and rows[0]["messages"][0] == {"role": "system", "content": "Be kind."}
+    assert rows[0]["prompt_id"] == "row-0"
+    dropped = store.manifest(ref)["summary"]["dropped"]
+    assert dropped == {"malformed messages": 1, "last message is not from the user": 1}
+
+
+def test_disjoint_slices_and_same_set(tmp_path, prompts_file):
+    cfg = make_config(tmp_path, prompts_file, prompts={"per_round": 4, "selection": "disjoint"})
+    store = Store(cfg.store.root)
+    r1, r2 = (store.read_rows(run_job(_jobs(cfg, k), store)) for k in (1, 2))
+    assert len(r1) == len(r2) == 4 and not {r["prompt_id"] for r in r1} & {r["prompt_id"] for r in r2}
+    same = make_config(tmp_path, prompts_file, prompts={"per_round": 4})
+    assert _jobs(same, 1).ref == _jobs(same, 2).ref  # one shared artifact for every round
+    with pytest.raises(DataError, match="takes prompts 12..15, but .* has 12 usable prompts"):
+        run_job(_jobs(cfg, 4), store)
+
+
+def test_empty_file_and_wrong_column_are_clear_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    cfg = make_config(tmp_path, empty)
+    with pytest.raises(DataError, match="is empty"):
+        run_job(_jobs(cfg, 1), Store(cfg.store.root))
+    path = write_prompts(tmp_path / "q.jsonl", [{"question": "Hi"}])
+    cfg = make_config(tmp_path, path)
+    with pytest.raises(DataError, match=r"no column 'prompt' \(columns: \['question'\]\). Set prompts.prompt_column"):
+        run_job(_jobs(cfg, 1), Store(cfg.store.root))
+
+
+def test_a_moved_file_keeps_its_fingerprint(tmp_path, prompts_file):
+    moved = tmp_path / "elsewhere.jsonl"
+    moved.write_bytes(prompts_file.read_bytes())
+    assert _jobs(make_config(tmp_path, prompts_file), 1).ref == _jobs(make_config(tmp_path, moved), 1).ref

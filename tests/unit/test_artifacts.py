@@ -1,0 +1,125 @@
+import json
+
+import datasets
+import pyarrow as pa
+import pytest
+
+from rebelflow import artifacts
+from rebelflow.artifacts import ArtifactRef, Store, fingerprint
+
+SCHEMA = pa.schema([("x", pa.int64()), ("text", pa.string())])
+
+
+def make(store: Store, name="a", rows=3, inputs=()):
+    ref = ArtifactRef(id=fingerprint("stage", 1, {"name": name}, list(inputs)), stage="stage")
+    with store.writer(ref, 1, {"name": name}, list(inputs)) as w:
+        w.write_shard("train", 0, [{"x": i, "text": f"t{i}"} for i in range(rows)], SCHEMA)
+        w.write_shard("train", 1, [{"x": 100, "text": "last"}], SCHEMA)
+        w.finish(summary={"rows": rows + 1})
+    return ref
+
+
+def test_fingerprint_depends_on_everything_that_determines_output():
+    a = ArtifactRef(id="x-1", stage="x")
+    base = fingerprint("s", 1, {"k": 1, "j": 2}, [a])
+    assert base == fingerprint("s", 1, {"j": 2, "k": 1}, [a])  # key order does not matter
+    assert base.startswith("s-") and len(base) == 2 + 16
+    others = {
+        fingerprint("s", 2, {"k": 1, "j": 2}, [a]),
+        fingerprint("s", 1, {"k": 9, "j": 2}, [a]),
+        fingerprint("s", 1, {"k": 1, "j": 2}, [ArtifactRef(id="x-2", stage="x")]),
+        fingerprint("t", 1, {"k": 1, "j": 2}, [a]),
+    }
+    assert base not in others and len(others) == 4
+
+
+def test_artifact_layout_manifest_and_hub_loading(tmp_path):
+    store = Store(tmp_path)
+    ref = make(store)
+    folder = store.path(ref)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["rows"] == 4 and manifest["columns"] == ["x", "text"]
+    assert manifest["splits"]["train"]["files"] == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
+    assert set(manifest["files"]) == {*manifest["splits"]["train"]["files"], "README.md"}
+    assert {"python", "pyarrow"} <= set(manifest["versions"])
+    assert "Made by the rebelflow stage `stage`" in (folder / "README.md").read_text()
+    ds = datasets.load_dataset("parquet", data_files=store.data_files(ref), split="train")
+    assert ds["x"] == [0, 1, 2, 100]
+    assert datasets.load_dataset(str(folder), split="train")["text"][-1] == "last"  # the card's configs
+    assert not (tmp_path / ".partial" / ref.id).exists()
+
+
+def test_interrupted_write_keeps_finished_shards_and_publishes_nothing(tmp_path):
+    store = Store(tmp_path)
+    ref = ArtifactRef(id="stage-0123456789abcdef", stage="stage")
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.writer(ref, 1, {}, []) as w:
+            w.write_shard("train", 0, [{"x": 1, "text": "a"}], SCHEMA)
+            raise RuntimeError("boom")
+    assert not store.path(ref).exists() and not store.is_complete(ref)
+    with store.writer(ref, 1, {}, []) as w:
+        assert w.has_shard("train", 0) and not w.has_shard("train", 1)
+        w.finish()
+    assert store.read_rows(ref) == [{"x": 1, "text": "a"}]
+
+
+def test_corrupt_shard_is_detected_and_moved_aside(tmp_path, caplog):
+    store = Store(tmp_path)
+    ref = make(store)
+    shard = store.path(ref) / "data/train-00000-of-00002.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))  # same size, different content
+    assert "does not match its sha256" in store.verify(ref)
+    assert not store.is_complete(ref, quarantine=True)
+    assert "unusable" in caplog.text and ref.id in caplog.text
+    assert not store.path(ref).exists()
+    assert len(list((tmp_path / "quarantine").iterdir())) == 1
+
+
+def test_missing_file_and_missing_manifest(tmp_path):
+    store = Store(tmp_path)
+    ref = make(store)
+    (store.path(ref) / "data/train-00001-of-00002.parquet").unlink()
+    assert store.verify(ref) == "data/train-00001-of-00002.parquet is missing"
+    (store.path(ref) / "manifest.json").unlink()
+    assert "missing (the write did not finish)" in store.verify(ref)
+
+
+def test_verification_is_remembered_by_size_and_mtime(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    ref = make(store)
+    artifacts._VERIFIED.clear()
+    calls = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert store.verify(ref) is None
+    hashed = len(calls)
+    assert hashed == 3
+    assert store.verify(ref) is None and len(calls) == hashed  # no re-hash
+    (store.path(ref) / "README.md").touch()  # new mtime: hash again
+    assert store.verify(ref) is None and len(calls) == 2 * hashed
+
+
+def test_an_artifact_whose_input_was_remade_is_stale(tmp_path):
+    store = Store(tmp_path)
+    parent = make(store, "parent")
+    child = make(store, "child", inputs=[parent])
+    assert store.is_complete(child)
+    artifacts._VERIFIED.clear()
+    import shutil
+
+    shutil.rmtree(store.path(parent))
+    assert make(store, "parent") == parent
+    assert "was made again after it" in store.verify(child)
+
+
+def test_campaign_index_and_lookup(tmp_path):
+    store = Store(tmp_path)
+    ref = make(store)
+    store.record("camp", 1, "stage", ref)
+    index = store.campaign_index("camp")
+    assert index["rounds"]["1"]["stage"]["id"] == ref.id
+    assert store.find(ref.id[:9]) == ref and store.find(str(store.path(ref))) == ref
+    with pytest.raises(KeyError, match="matches no artifact"):
+        store.find("nothing")

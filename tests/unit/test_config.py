@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rebelflow.cli import app
+from rebelflow.config import load_config
+from rebelflow.errors import ConfigError
+from rebelflow.plan import campaign_jobs
+from tests.conftest import REPO, make_config
+
+PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_there_are_presets():
+    assert [p.name for p in PRESETS if p.name.startswith("demo-")]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads_and_plans(preset):
+    cfg = load_config(preset)
+    jobs = campaign_jobs(cfg)
+    assert [j.stage for j in jobs if j.round == 1] == list(cfg.stages())
+    assert Path(cfg.prompts.source).is_absolute() or not cfg.prompts.is_local()
+
+
+def test_unknown_key_names_the_path_and_suggests(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match=r"\[generate.tempreature\] unknown key. Did you mean 'temperature'"):
+        make_config(tmp_path, prompts_file, generate={"tempreature": 0.7})
+
+
+def test_set_override_is_type_checked():
+    with pytest.raises(ConfigError, match=r"\[generate.n\] \(got 'many'\)"):
+        load_config(REPO / "configs/demo-rebel.yaml", ["generate.n=many"])
+    cfg = load_config(REPO / "configs/demo-rebel.yaml", ["generate.n=3", "prepare.require_eot=true"])
+    assert cfg.generate.n == 3 and cfg.prepare.require_eot is True
+
+
+def test_set_override_unknown_path_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'nn' under generate. Did you mean 'n'\?.*Valid keys: engine"):
+        load_config(REPO / "configs/demo-rebel.yaml", ["generate.nn=3"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(REPO / "configs/demo-rebel.yaml", ["generate.n"])
+
+
+def test_cross_field_validation_pairs_below_per_round(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match=r"validation_pairs \(8\) must be below prompts.per_round \(8\).*Lower"):
+        make_config(tmp_path, prompts_file, prompts={"per_round": 8}, prepare={"validation_pairs": 8})
+
+
+def test_one_prompt_column_and_disjoint_needs_per_round(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match="set exactly one of prompt_column"):
+        make_config(tmp_path, prompts_file, prompts={"messages_column": "messages"})
+    with pytest.raises(ConfigError, match="selection 'disjoint'.*per_round is not set"):
+        make_config(tmp_path, prompts_file, prompts={"selection": "disjoint"})
+
+
+def test_n_at_least_two_and_positive_temperature(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match=r"\[generate.n\] \(got 1\)"):
+        make_config(tmp_path, prompts_file, generate={"n": 1})
+    with pytest.raises(ConfigError, match=r"\[generate.temperature\] \(got 0\)"):
+        make_config(tmp_path, prompts_file, generate={"temperature": 0})
+
+
+def test_rule_reward_needs_an_importable_function(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match="backend 'rule' needs function"):
+        make_config(tmp_path, prompts_file, reward={"backend": "rule", "function": None})
+    cfg = make_config(tmp_path, prompts_file, reward={"function": "no_such_module_xyz:fn"})
+    with pytest.raises(ConfigError, match="module 'no_such_module_xyz' cannot be imported"):
+        campaign_jobs(cfg)
+
+
+def test_missing_prompts_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[prompts.source\] .*nope.jsonl': file not found"):
+        make_config(tmp_path, tmp_path / "nope.jsonl")
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path, prompts_file):
+    (tmp_path / "rules.py").write_text("def r(messages, response):\n    return 1.0\n")
+    (tmp_path / "c.yaml").write_text(
+        "campaign: c\nprompts: {source: prompts.jsonl}\nreward: {backend: rule, function: rules.py:r}\n"
+        "prepare: {validation_pairs: 1}\n"
+    )
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.prompts.source == str(prompts_file)
+    assert cfg.reward.function == f"{tmp_path / 'rules.py'}:r"
+
+
+def test_cli_config_error_exits_2_before_any_stage(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(REPO / "configs/demo-rebel.yaml"), "--set", "rounds=2",
+                                      "--store", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "rounds: 2 needs each round's trained policy" in result.output
+    assert not (tmp_path / "s").exists()
