@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 import uuid
 from collections.abc import Iterator

@@ -1,7 +1,7 @@
 """`rebelflow` command line: run, plan, history, show, server.
 
-Configuration errors exit with code 2 before any stage starts; a data error inside a stage exits with 1
-and one readable message (the full traceback stays in the Prefect run logs).
+Configuration errors and unusable prompt data exit with code 2 before any stage starts; a data error
+inside a stage (e.g. a reward that fails on every response) exits with 1 and one readable message.
 """
 
 from __future__ import annotations
@@ -23,22 +23,26 @@ from rebelflow.errors import ConfigError, RebelflowError
 
 app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[str, typer.Argument(help="campaign YAML, e.g. configs/demo-rebel.yaml")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="override, e.g. --set generate.n=4 (repeatable)")]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="artifact store root (default: the config's)")]
 
 
-def _load(config: str, overrides: list[str], store: str | None):
+def _load(config: str, overrides: list[str], store: str | None, check_data: bool = False):
+    """Load and validate; with check_data also read the prompts. Problems exit with code 2."""
     from rebelflow.config import load_config
-    from rebelflow.plan import campaign_jobs
+    from rebelflow.plan import campaign_jobs, preflight
 
     try:
         cfg = load_config(config, overrides, store)
-        campaign_jobs(cfg)  # resolves the reward function and the prompt file before any work
-    except ConfigError as exc:
-        err.print(f"[bold red]config error[/]: {exc}", markup=True, highlight=False)
+        campaign_jobs(cfg)  # resolves the reward function and hashes the prompt file
+        if check_data:
+            preflight(cfg)
+    except RebelflowError as exc:
+        what = "config error" if isinstance(exc, ConfigError) else "input error"
+        err.print(f"[bold red]{what}[/]: {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     return cfg
 
@@ -46,7 +50,7 @@ def _load(config: str, overrides: list[str], store: str | None):
 @app.command()
 def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
     """Run or resume a campaign: finished stages are taken from the store, the rest run."""
-    cfg = _load(config, set_, store)
+    cfg = _load(config, set_, store, check_data=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rebelflow.flows.campaign import campaign_flow
 

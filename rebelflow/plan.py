@@ -62,3 +62,12 @@ def plan_status(cfg: RunConfig) -> list[dict]:
         status = "pending" if j.ref.id in pending else "cached"
         out.append({"round": j.round, "stage": j.stage, "fingerprint": j.ref.id, "status": status})
     return out
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need the data but no model: every round's prompt slice exists and is usable.
+    Raises DataError before any stage starts (cheap: reads the prompt source once)."""
+    first = prompts.Settings.from_config(cfg.prompts, 1)
+    rows = prompts.load_rows(first)
+    for k in range(1, cfg.rounds + 1):
+        prompts.select(prompts.Settings.from_config(cfg.prompts, k), rows)

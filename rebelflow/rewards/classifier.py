@@ -56,6 +56,6 @@ class ClassifierReward:
             ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in batch])
             mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in batch])
             logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)).logits
-            for i, v in zip(batch, logits[:, 0].float().tolist()):
+            for i, v in zip(batch, logits[:, 0].float().tolist(), strict=True):
                 values[i] = v
         return [checked(v) for v in values]

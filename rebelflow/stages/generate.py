@@ -62,7 +62,7 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store:
             for b in range(0, len(chunk), settings.batch_size):
                 batch = chunk[b : b + settings.batch_size]
                 completions = engine.generate([r["messages"] for r in batch], params)
-                for row, comps in zip(batch, completions):
+                for row, comps in zip(batch, completions, strict=True):
                     new_tokens += sum(len(c.token_ids) for c in comps)
                     out.append(
                         {

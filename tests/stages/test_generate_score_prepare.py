@@ -20,7 +20,7 @@ def test_generate_n_seeded_samples_per_prompt(tmp_path, prompts_file, tiny_polic
     for r in rows:
         assert len(r["responses"]) == len(r["response_ids"]) == len(r["finish_reasons"]) == 3
         assert r["seeds"] == [0, 50, 100]
-        for ids, reason in zip(r["response_ids"], r["finish_reasons"]):
+        for ids, reason in zip(r["response_ids"], r["finish_reasons"], strict=True):
             assert 1 <= len(ids) <= 12 and reason in ("stop", "length")
             assert (reason == "length") == (len(ids) == 12 and ids[-1] != 2)  # 2 = <|im_end|>
     assert sum(len(set(r["responses"])) == 3 for r in rows) >= 10  # a prompt's samples differ
@@ -112,7 +112,7 @@ def test_prepare_pairs_best_against_worst_with_reply_masks(tmp_path, prompts_fil
         for side in ("chosen", "rejected"):
             ids, mask = p[f"{side}_ids"], p[f"{side}_mask"]
             assert len(ids) == len(mask) and mask[: p["prompt_tokens"]] == [0] * p["prompt_tokens"]
-            assert tok.decode([t for t, m in zip(ids, mask) if m]) == p[f"{side}_text"] + "<|im_end|>"
+            assert tok.decode([t for t, m in zip(ids, mask, strict=True) if m]) == p[f"{side}_text"] + "<|im_end|>"
     summary = store.manifest(refs["prepare"])["summary"]
     assert summary["pairs"] + sum(summary["filters"].values()) == 12
 

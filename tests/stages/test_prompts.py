@@ -6,7 +6,6 @@ from rebelflow.stages import run_job
 from tests.conftest import make_config, write_prompts
 
 
-
 def _jobs(cfg, k):
     from rebelflow import stages
     from rebelflow.stages import prompts

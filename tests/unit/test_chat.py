@@ -33,7 +33,7 @@ def llama3():
 
 
 def masked_text(tok, ids, mask):
-    return tok.decode([t for t, m in zip(ids, mask) if m])
+    return tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
 
 
 def test_llama3_mask_is_the_reply_and_eot_only(llama3):

@@ -1,0 +1,128 @@
+"""The campaign flow under Prefect: caching by fingerprint, partial re-runs, corruption, bad input."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from rebelflow.cli import app
+from rebelflow.errors import DataError
+from rebelflow.flows.campaign import campaign_flow
+from rebelflow.history import read_history
+from tests.conftest import make_config
+
+
+def statuses(records):
+    return {r["stage"]: r["status"] for r in records}
+
+
+@pytest.fixture
+def cfg(tmp_path, prompts_file):
+    return make_config(tmp_path, prompts_file)
+
+
+def test_second_run_is_fully_cached(cfg):
+    first = campaign_flow(cfg)
+    assert statuses(first) == dict.fromkeys(["tiny_model", "prompts", "generate", "score", "prepare"], "ran")
+    second = campaign_flow(cfg)
+    assert set(statuses(second).values()) == {"cached"}
+    assert [r["id"] for r in first] == [r["id"] for r in second]
+    index = json.loads((cfg.store.root and __import__("pathlib").Path(cfg.store.root) / "campaigns/test.json").read_text())
+    assert index["rounds"]["1"]["prepare"]["id"] == first[-1]["id"]
+
+
+def test_changing_a_prepare_setting_reruns_prepare_only(cfg, tmp_path, prompts_file):
+    campaign_flow(cfg)
+    changed = make_config(tmp_path, prompts_file, prepare={"max_response_tokens": 60})
+    assert statuses(campaign_flow(changed)) == {
+        "tiny_model": "cached", "prompts": "cached", "generate": "cached", "score": "cached", "prepare": "ran"}
+
+
+def test_deleting_an_artifact_reruns_it_and_what_follows(cfg):
+    records = campaign_flow(cfg)
+    generate_id = next(r["id"] for r in records if r["stage"] == "generate")
+    shutil.rmtree(f"{cfg.store.root}/artifacts/{generate_id}")
+    assert statuses(campaign_flow(cfg)) == {
+        "tiny_model": "cached", "prompts": "cached", "generate": "ran", "score": "ran", "prepare": "ran"}
+
+
+def test_a_corrupted_parquet_shard_is_detected_and_remade(cfg, caplog):
+    records = campaign_flow(cfg)
+    score_id = next(r["id"] for r in records if r["stage"] == "score")
+    shard = next((__import__("pathlib").Path(cfg.store.root) / "artifacts" / score_id / "data").glob("*.parquet"))
+    shard.write_bytes(b"not parquet" + shard.read_bytes()[11:])
+    again = statuses(campaign_flow(cfg))
+    assert again["score"] == "ran" and again["prepare"] == "ran" and again["generate"] == "cached"
+    assert f"artifact {score_id} is unusable" in caplog.text and "sha256" in caplog.text
+
+
+def test_a_stage_in_a_subprocess(tmp_path, prompts_file):
+    cfg = make_config(tmp_path, prompts_file, generate={"launcher": {"kind": "subprocess"}})
+    records = campaign_flow(cfg)
+    gen = next(r for r in records if r["stage"] == "generate")
+    log = (tmp_path / "store/logs" / f"{gen['id']}.log").read_text()
+    assert "generate round 1:" in log
+
+
+def test_a_broken_reward_fails_the_flow_with_a_data_error_and_keeps_earlier_stages(tmp_path, prompts_file):
+    (tmp_path / "rules.py").write_text("def broken(messages, response):\n    raise RuntimeError('bad rule')\n")
+    cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:broken"})
+    with pytest.raises(DataError, match="bad rule"):
+        campaign_flow(cfg)
+    index = json.loads((tmp_path / "store/campaigns/test.json").read_text())
+    assert index["rounds"]["1"]["generate"]["state"] == "completed"
+    assert index["rounds"]["1"]["score"]["state"] == "failed"
+
+
+def test_cli_run_plan_and_history(tmp_path, prompts_file):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: cli-test\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "generate: {n: 2, max_new_tokens: 6}\nprepare: {validation_pairs: 1}\n"
+    )
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    before = json.loads(runner.invoke(app, ["plan", str(cfg_file), "--store", store, "--json"]).output)
+    assert {r["status"] for r in before} == {"pending"}
+    result = runner.invoke(app, ["run", str(cfg_file), "--store", store])
+    assert result.exit_code == 0, result.output
+    after = json.loads(runner.invoke(app, ["plan", str(cfg_file), "--store", store, "--json"]).output)
+    assert [r["status"] for r in after] == ["cached"] * 5
+    assert [(r["round"], r["stage"]) for r in after] == [(0, "tiny_model"), (1, "prompts"), (1, "generate"),
+                                                         (1, "score"), (1, "prepare")]
+    assert [r["fingerprint"] for r in after] == [r["fingerprint"] for r in before]
+    runs = read_history(50)
+    assert any(r["name"] == "cli-test" and r["flow"] == "campaign" and r["state"] == "Completed" for r in runs)
+    round_run = next(r for r in runs if r["name"] == "cli-test-round-1")
+    assert [t["name"] for t in round_run["tasks"]] == ["prompts-r1", "generate-r1", "score-r1", "prepare-r1"]
+    shown = runner.invoke(app, ["show", after[-1]["fingerprint"][:12], "--store", store, "--rows", "1"])
+    assert shown.exit_code == 0 and "verified: yes" in shown.output and "chosen_ids" in shown.output
+
+
+def test_cli_rejects_an_empty_prompts_file_before_any_stage(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"campaign: bad\nprompts: {{source: {empty}}}\n"
+                        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+                        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n")
+    result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "input error: prompts file" in result.output and "is empty" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "s").exists()
+
+
+def test_cli_reports_a_failing_stage_in_one_message(tmp_path, prompts_file):
+    (tmp_path / "rules.py").write_text("def broken(messages, response):\n    raise RuntimeError('bad rule')\n")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"campaign: bad\nprompts: {{source: {prompts_file}}}\n"
+                        "reward: {backend: rule, function: rules.py:broken}\n"
+                        "generate: {n: 2, max_new_tokens: 4}\nprepare: {validation_pairs: 1}\n"
+                        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n")
+    result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", str(tmp_path / "s")])
+    assert result.exit_code == 1
+    assert "DataError: the reward was invalid for all 24 responses" in result.output
+    assert "run the same command again" in result.output
