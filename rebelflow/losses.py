@@ -1,0 +1,48 @@
+"""Pure tensor math for REBEL/REFUEL: sequence log-probabilities and the regression loss. torch only.
+
+Mask convention: 1 = a trained token (the reply and its end-of-turn token), 0 = everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Summed log-probabilities of the masked tokens, under softmax(logits / temperature).
+
+    logits: (B, T, V) model outputs, position t predicting token t+1.
+    input_ids: (B, T) the sequence; mask: (B, T), 1 on the tokens to score.
+    Returns (B,): sum over t >= 1 with mask[t] = 1 of log p(input_ids[t] | input_ids[<t]).
+    The 1e-7 keeps temperature 0 finite, as in the reference code.
+    """
+    scaled = logits[:, :-1].float() / (temperature + 1e-7)
+    token_logps = torch.log_softmax(scaled, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (token_logps * mask[:, 1:].to(token_logps.dtype)).sum(-1)
+
+
+def rebel_loss(
+    chosen_logps: torch.Tensor,
+    chosen_old_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_old_logps: torch.Tensor,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    eta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """REBEL/REFUEL regression: mean over pairs of (d - eta * (r_chosen - r_rejected))**2, where
+    d = (chosen_logps - chosen_old_logps) - (rejected_logps - rejected_old_logps).
+
+    All arguments are (B,); returns the scalar loss and metrics: loss, sign agreement (fraction of pairs
+    whose d has the sign of the reward difference), mean |d| and mean eta * reward difference.
+    """
+    d = (chosen_logps - chosen_old_logps) - (rejected_logps - rejected_old_logps)
+    target = eta * (chosen_rewards - rejected_rewards)
+    loss = ((d - target) ** 2).mean()
+    metrics = {
+        "loss": loss.item(),
+        "sign_agreement": (torch.sign(d) == torch.sign(target)).float().mean().item(),
+        "mean_abs_d": d.abs().mean().item(),
+        "mean_eta_reward_diff": target.mean().item(),
+    }
+    return loss, metrics

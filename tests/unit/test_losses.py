@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+
+from rebelflow.losses import rebel_loss, sequence_logps
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_rebel_loss_by_hand():
+    # pair 1: d = (-1 - -2) - (-3 - -3) = 1, target = 2 * (1.0 - 0.5) = 1 -> 0
+    # pair 2: d = (-2 - -1) - (-1 - -2) = -2, target = 2 * (0.0 - 1.0) = -2 -> 0, then shifted by 1 below
+    loss, m = rebel_loss(t(-1, -2), t(-2, -1), t(-3, -1), t(-3, -2), t(1.0, 0.0), t(0.5, 1.0), eta=2.0)
+    assert loss.item() == pytest.approx(0.0)
+    loss, m = rebel_loss(t(-1, -1), t(-2, -1), t(-3, -1), t(-3, -2), t(1.0, 0.0), t(0.5, 1.0), eta=2.0)
+    # pair 2 now: d = 0 - 1 = -1, target -2 -> (1)^2; mean over 2 pairs = 0.5
+    assert loss.item() == pytest.approx(0.5)
+    assert m["sign_agreement"] == 1.0 and m["mean_abs_d"] == pytest.approx(1.0)
+    assert m["mean_eta_reward_diff"] == pytest.approx(-0.5)
+
+
+def test_zero_loss_when_d_equals_eta_delta_r_and_pair_order_symmetry():
+    g = torch.Generator().manual_seed(0)
+    c, co, r, ro = (torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4))
+    rc, rr = torch.rand(8, generator=g, dtype=torch.float64), torch.rand(8, generator=g, dtype=torch.float64)
+    eta = 3.0
+    d = (c - co) - (r - ro)
+    exact = rebel_loss(c, co, r, ro, rc, rc - d / eta, eta)[0]  # eta * reward difference == d
+    assert exact.item() == pytest.approx(0.0, abs=1e-12)
+    forward = rebel_loss(c, co, r, ro, rc, rr, eta)[0]
+    swapped = rebel_loss(r, ro, c, co, rr, rc, eta)[0]
+    assert forward.item() == pytest.approx(swapped.item())
+
+
+def test_micro_batch_mean_equals_full_batch_mean():
+    g = torch.Generator().manual_seed(1)
+    args = [torch.randn(12, generator=g, dtype=torch.float64) for _ in range(6)]
+    full = rebel_loss(*args, eta=1.5)[0]
+    parts = [rebel_loss(*(a[i : i + 4] for a in args), eta=1.5)[0] for i in (0, 4, 8)]
+    assert full.item() == pytest.approx(sum(p.item() for p in parts) / 3)
+
+
+def test_sequence_logps_sums_masked_tokens_with_temperature():
+    logits = torch.zeros(1, 3, 2)
+    logits[0, 0] = torch.tensor([0.0, math.log(3.0)])  # predicts token 1 with p = 3/4
+    logits[0, 1] = torch.tensor([math.log(3.0), 0.0])  # predicts token 1 with p = 1/4
+    ids, mask = torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 1]])
+    assert sequence_logps(logits, ids, mask).item() == pytest.approx(math.log(3 / 4) + math.log(1 / 4), abs=1e-5)
+    assert sequence_logps(logits, ids, torch.tensor([[0, 0, 1]])).item() == pytest.approx(math.log(1 / 4), abs=1e-5)
+    # temperature 2 halves the logits: p(1) at t=0 is sqrt(3) / (1 + sqrt(3))
+    got = sequence_logps(logits, ids, torch.tensor([[0, 1, 0]]), temperature=2.0).item()
+    assert got == pytest.approx(math.log(math.sqrt(3) / (1 + math.sqrt(3))), abs=1e-5)
