@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store, sha256_file
+from rebelflow.artifacts import ArtifactRef, Store, model_identity, sha256_file
 from rebelflow.config import PromptsConfig, Section
 from rebelflow.errors import DataError
 
@@ -55,9 +55,10 @@ class Settings(Section):
 
 
 def source_identity(cfg: PromptsConfig) -> str:
+    """A file by its content hash; a local dataset folder by its files; a Hub id by id, split, revision."""
     if cfg.is_local():
         return f"file:{sha256_file(Path(cfg.source))}"
-    return f"hub:{cfg.source}:{cfg.split}@{cfg.revision or 'main'}"
+    return f"{model_identity(cfg.source, cfg.revision)}:{cfg.split}"
 
 
 def load_rows(s: Settings) -> list[dict[str, Any]]:

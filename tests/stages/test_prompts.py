@@ -67,3 +67,21 @@ def test_a_moved_file_keeps_its_fingerprint(tmp_path, prompts_file):
     moved = tmp_path / "elsewhere.jsonl"
     moved.write_bytes(prompts_file.read_bytes())
     assert _jobs(make_config(tmp_path, prompts_file), 1).ref == _jobs(make_config(tmp_path, moved), 1).ref
+
+
+def test_a_dataset_id_with_split_and_messages_column(tmp_path):
+    import datasets
+
+    conv = [{"role": "user", "content": "What is rain?"}]
+    ds = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"chat": conv, "uid": 7}] * 1),
+        "test": datasets.Dataset.from_list([{"chat": conv, "uid": 8}, {"chat": conv, "uid": 9}]),
+    })
+    folder = tmp_path / "hub-like"
+    for split, part in ds.items():
+        part.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    cfg = make_config(tmp_path, folder, prompts={"source": str(folder), "split": "test", "prompt_column": None,
+                                                 "messages_column": "chat", "id_column": "uid"})
+    store = Store(cfg.store.root)
+    rows = store.read_rows(run_job(_jobs(cfg, 1), store))
+    assert [(r["prompt_id"], r["messages"]) for r in rows] == [("8", conv), ("9", conv)]
