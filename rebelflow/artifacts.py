@@ -14,6 +14,7 @@ sha256 of every file. A verification is remembered by (file, size, mtime) for th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -230,6 +231,23 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock across processes (flock on <root>/.locks/<name>.lock), e.g. so two campaigns
+        that share an artifact do not make it twice at once: the second waits, then finds it complete."""
+        path = self.root / ".locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process that holds %s", path)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextmanager
     def writer(
         self, ref: ArtifactRef, version: int, settings: dict[str, Any], inputs: list[ArtifactRef]
     ) -> Iterator[ArtifactWriter]:
@@ -243,10 +261,12 @@ class Store:
     def record(self, campaign: str, round_k: int, stage: str, ref: ArtifactRef, state: str = "completed") -> None:
         path = self.root / "campaigns" / f"{campaign}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        index = json.loads(path.read_text()) if path.is_file() else {"campaign": campaign, "rounds": {}}
-        index["rounds"].setdefault(str(round_k), {})[stage] = {"id": ref.id, "state": state, "updated_at": _now()}
-        index["updated_at"] = _now()
-        _write_json_atomic(path, index)
+        with self.lock(f"campaign-{campaign}"):
+            index = json.loads(path.read_text()) if path.is_file() else {"campaign": campaign, "rounds": {}}
+            entry = {"id": ref.id, "state": state, "updated_at": _now()}
+            index["rounds"].setdefault(str(round_k), {})[stage] = entry
+            index["updated_at"] = _now()
+            _write_json_atomic(path, index)
 
     def campaign_index(self, campaign: str) -> dict[str, Any] | None:
         path = self.root / "campaigns" / f"{campaign}.json"

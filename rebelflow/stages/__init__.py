@@ -67,7 +67,8 @@ def make_job(module: ModuleType, round_k: int, settings: BaseModel, inputs: list
 def run_job(job: StageJob, store: Store) -> ArtifactRef:
     module = stage_module(job.stage)
     settings = module.Settings.model_validate(job.settings)
-    ref = module.run(settings, *job.inputs, store=store)
+    with store.lock(job.ref.id):  # one maker per artifact; a waiting process then finds it complete
+        ref = module.run(settings, *job.inputs, store=store)
     if ref != job.ref:
         raise RuntimeError(f"stage {job.stage} produced {ref.id}, the plan expected {job.ref.id} (a bug)")
     return ref

@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 
 from rebelflow.artifacts import ArtifactRef, Store
 from rebelflow.errors import RebelflowError
-from rebelflow.launch import launch
+from rebelflow.launch import StageProcessError, launch
 from rebelflow.stages import StageJob
 
 
@@ -26,10 +26,23 @@ class StageCache(CachePolicy):
         return f"{store_hash}-{inputs['job'].ref.id}"
 
 
+def _transient_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, StageProcessError]
+    try:  # network errors of the HTTP clients that transformers, datasets and huggingface_hub use
+        import httpx
+        import requests
+
+        types += [httpx.TransportError, requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def transient_only(task, task_run, state) -> bool:
-    """Retry unless the failure is the user's to fix (ConfigError, DataError) or a programming error."""
+    """Retry network errors, time-outs and crashed stage subprocesses; never config, data or code errors
+    (retrying those only repeats the failure)."""
     exc = state.data if isinstance(state.data, BaseException) else None
-    return not isinstance(exc, (RebelflowError, TypeError, ValueError, KeyError, AttributeError))
+    return isinstance(exc, _transient_types()) and not isinstance(exc, RebelflowError)
 
 
 @task(

@@ -21,7 +21,7 @@ def test_generate_n_seeded_samples_per_prompt(tmp_path, prompts_file, tiny_polic
         assert len(r["responses"]) == len(r["response_ids"]) == len(r["finish_reasons"]) == 3
         assert r["seeds"] == [0, 50, 100]
         for ids, reason in zip(r["response_ids"], r["finish_reasons"], strict=True):
-            assert 1 <= len(ids) <= 12 and reason in ("stop", "length")
+            assert 0 < len(ids) <= 12 and reason in ("stop", "length")
             assert (reason == "length") == (len(ids) == 12 and ids[-1] != 2)  # 2 = <|im_end|>
     assert sum(len(set(r["responses"])) == 3 for r in rows) >= 10  # a prompt's samples differ
     manifest = store.manifest(refs["generate"])
@@ -157,3 +157,24 @@ def test_stage_runs_alone_from_the_command_line(tmp_path, prompts_file, tiny_pol
     assert stages.main("prompts", [str(cfg_file)]) == 0
     assert stages.main("generate", [str(cfg_file)]) == 0
     assert "generate round 1:" in capsys.readouterr().out
+
+
+def test_two_processes_making_the_same_artifact_make_it_once(tmp_path, prompts_file, tiny_policy):
+    import subprocess
+    import sys
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: c\npolicy: {{model: {tiny_policy}}}\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
+        f"generate: {{n: 2, max_new_tokens: 8}}\nprepare: {{validation_pairs: 1}}\nstore: {{root: {tmp_path / 's'}}}\n"
+    )
+    assert stages.main("prompts", [str(cfg_file)]) == 0
+    cmd = [sys.executable, "-m", "rebelflow.stages.generate", str(cfg_file)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    made = list((tmp_path / "s/artifacts").glob("generate-*"))
+    assert len(made) == 1 and (made[0] / "manifest.json").is_file()
+    assert not (tmp_path / "s/quarantine").exists()
+    assert sum("generate ×2: 100%" in out for out in outputs) == 1  # the second found it complete

@@ -123,3 +123,15 @@ def test_campaign_index_and_lookup(tmp_path):
     assert store.find(ref.id[:9]) == ref and store.find(str(store.path(ref))) == ref
     with pytest.raises(KeyError, match="matches no artifact"):
         store.find("nothing")
+
+
+def test_the_artifact_lock_is_exclusive_across_open_files(tmp_path):
+    import fcntl
+
+    store = Store(tmp_path)
+    with store.lock("generate-abc"):
+        with open(tmp_path / ".locks/generate-abc.lock", "w") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / ".locks/generate-abc.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: free again
