@@ -30,6 +30,7 @@ def publish_stage(campaign: str, round_k: int, stage: str, ref: ArtifactRef, sto
     manifest = store.manifest(ref)
     summary = dict(manifest.get("summary", {}))
     sample = summary.pop("sample", None)
+    counts = {k: v for k, v in summary.items() if isinstance(v, dict)}
     lines = [
         f"### {stage} · round {round_k} · `{ref.id}`",
         f"Stored at `{store.path(ref)}` · {manifest.get('rows', 0)} rows · made {manifest['created_at']} · "
@@ -37,10 +38,12 @@ def publish_stage(campaign: str, round_k: int, stage: str, ref: ArtifactRef, sto
         "",
         "| | |",
         "|---|---|",
-        *(f"| {k} | {_cell(v)} |" for k, v in summary.items()),
-        "",
-        "Inputs: " + (", ".join(f"`{i}`" for i in manifest["inputs"]) or "none"),
+        *(f"| {k} | {_cell(v)} |" for k, v in summary.items() if k not in counts),
     ]
+    for name, table in counts.items():  # filter counts, drops, invalid reasons: one row per reason
+        lines += ["", f"#### {name}", "", "| reason | count |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in table.items()] or ["| (none) | 0 |"]
+    lines += ["", "Inputs: " + (", ".join(f"`{i}`" for i in manifest["inputs"]) or "none")]
     key = artifact_key(campaign, f"r{round_k}", stage)
     create_markdown_artifact("\n".join(lines), key=key, description=f"{stage} summary, round {round_k}")
     if sample:

@@ -32,6 +32,22 @@ def test_second_run_is_fully_cached(cfg):
     assert index["rounds"]["1"]["prepare"]["id"] == first[-1]["id"]
 
 
+def test_cached_runs_still_publish_stage_summaries(tmp_path, prompts_file):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    cfg = make_config(tmp_path, prompts_file, campaign="ui-test")
+    campaign_flow(cfg)
+    campaign_flow(cfg)
+    with get_client(sync_client=True) as client:
+        prepare = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ui-test-r1-prepare"])))
+        samples = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ui-test-r1-score-sample"])))
+        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ui-test-summary"])))
+    assert len(prepare) == len(samples) == len(summary) == 2  # one per run, the cached one included
+    assert "#### filters" in prepare[0].data and "| response too long |" in prepare[0].data
+    assert "reward" in json.loads(samples[0].data)[0]
+
+
 def test_changing_a_prepare_setting_reruns_prepare_only(cfg, tmp_path, prompts_file):
     campaign_flow(cfg)
     changed = make_config(tmp_path, prompts_file, prepare={"max_response_tokens": 60})
