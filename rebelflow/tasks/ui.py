@@ -36,7 +36,7 @@ def publish_stage(campaign: str, round_k: int, stage: str, ref: ArtifactRef, sto
         f"Stored at `{store.path(ref)}` · {manifest.get('rows', 0)} rows · made {manifest['created_at']} · "
         f"this run: {seconds:.1f}s",
         "",
-        "| | |",
+        "| metric | value |",
         "|---|---|",
         *(f"| {k} | {_cell(v)} |" for k, v in summary.items() if k not in counts),
     ]
