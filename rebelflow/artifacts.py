@@ -5,7 +5,7 @@ Layout under the store root:
     artifacts/<stage>-<hash>/   complete artifacts: data/*.parquet or model/, README.md, manifest.json
     .partial/<stage>-<hash>/    an artifact being written; finished shards survive an interruption
     quarantine/                 corrupt artifacts moved aside (never deleted) before they are re-made
-    campaigns/<name>.json       campaign -> round -> stage -> artifact id
+    campaigns/<name>/           index.json (round -> stage -> artifact id), summary.json, summary.png
 
 The hash is the fingerprint: sha256 of (stage, code version, the stage's own settings, the ids of its
 inputs). `manifest.json` is written last, so its presence means complete; reading verifies it and the
@@ -259,7 +259,7 @@ class Store:
 
     # ------------------------------------------------------------------ campaign index
     def record(self, campaign: str, round_k: int, stage: str, ref: ArtifactRef, state: str = "completed") -> None:
-        path = self.root / "campaigns" / f"{campaign}.json"
+        path = self.root / "campaigns" / campaign / "index.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock(f"campaign-{campaign}"):
             index = json.loads(path.read_text()) if path.is_file() else {"campaign": campaign, "rounds": {}}
@@ -269,7 +269,7 @@ class Store:
             _write_json_atomic(path, index)
 
     def campaign_index(self, campaign: str) -> dict[str, Any] | None:
-        path = self.root / "campaigns" / f"{campaign}.json"
+        path = self.root / "campaigns" / campaign / "index.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -56,7 +56,7 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
 
     started = time.time()
     try:
-        records = campaign_flow(cfg)
+        result = campaign_flow(cfg)
     except RebelflowError as exc:
         err.print(f"[bold red]{type(exc).__name__}[/]: {exc}", markup=True, highlight=False)
         err.print(f"Finished stages are kept in {cfg.store.root}; fix the problem and run the same command again.")
@@ -64,9 +64,26 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
     table = Table(title=f"campaign {cfg.campaign} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("round", "stage", "artifact", "status", "seconds"):
         table.add_column(col)
-    for r in records:
+    for r in result["records"]:
         table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
     console.print(table)
+    if result["summary"]:
+        _print_rounds(result["summary"], cfg.store.root)
+    console.print("Browse the runs in the Prefect UI: rebelflow server  (then open the printed address)")
+
+
+def _print_rounds(summary: dict, store_root: str) -> None:
+    table = Table(title=f"evaluation per round (round 0 = the starting policy) · campaign {summary['campaign']}")
+    for col in ("round", "policy reward", "baseline reward", "win rate vs baseline", "mean tokens"):
+        table.add_column(col, justify="right")
+    for r in summary["rounds"]:
+        table.add_row(
+            str(r["round"]), f"{r['reward_mean']:.4f}", f"{r['baseline_reward_mean']:.4f}", f"{r['win_rate']:.3f}",
+            f"{r['mean_tokens']:.1f}",
+        )
+    console.print(table)
+    folder = f"{store_root}/campaigns/{summary['campaign']}"
+    console.print(f"Summary: {folder}/summary.json · plot: {folder}/summary.png")
 
 
 @app.command()

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rebelflow.errors import ConfigError
 
-# Stages of a round in order. The ones after `prepare` arrive with training (issue 3).
-ROUND_STAGES = ("prompts", "generate", "score", "prepare")
+# Stages of a round in order; `stop_after` may end a round early (then a campaign has one round).
+ROUND_STAGES = ("prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate")
+DTYPE = Literal["float32", "bfloat16", "float16"]
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -28,8 +29,10 @@ class Section(BaseModel):
 class LauncherConfig(Section):
     """Where a stage runs. Not part of any fingerprint: it changes how, not what, a stage computes."""
 
-    kind: Literal["inprocess", "subprocess"] = "inprocess"
-    python: str | None = Field(None, description="interpreter for kind=subprocess (default: this one)")
+    kind: Literal["inprocess", "subprocess", "accelerate"] = "inprocess"
+    python: str | None = Field(None, description="interpreter for subprocess/accelerate (default: this one)")
+    num_processes: int = Field(1, ge=1, description="accelerate: processes (one per GPU)")
+    config_file: str | None = Field(None, description="accelerate: a launch config, e.g. configs/accelerate/*.yaml")
 
 
 class TinyModelConfig(Section):
@@ -91,8 +94,8 @@ class PromptsConfig(Section):
 
 class GenerateConfig(Section):
     engine: Literal["hf"] = "hf"
-    n: int = Field(5, ge=2, description="samples per prompt; REBEL pairs the best and the worst")
-    temperature: float = Field(0.8, gt=0.0)
+    n: int = Field(5, ge=1, description="samples per prompt; REBEL pairs the best and the worst (needs 2+)")
+    temperature: float = Field(0.8, ge=0.0, description="0 = greedy")
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_new_tokens: int = Field(2048, ge=1)
     seed: int = Field(0, description="sample j of every prompt uses seed + 50*j")
@@ -137,6 +140,92 @@ class PrepareConfig(Section):
     launcher: LauncherConfig = LauncherConfig()
 
 
+class LogprobsConfig(Section):
+    batch_pairs: int = Field(16, ge=1, description="pairs per forward batch (sorted by length, padded per batch)")
+    dtype: DTYPE = "float32"
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    launcher: LauncherConfig = LauncherConfig()
+
+
+class TrainConfig(Section):
+    eta: float = Field(1000.0, gt=0, description="REBEL's η: the regression target is η × reward difference")
+    lr: float = Field(3e-7, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    pairs_per_update: int = Field(128, ge=1)
+    micro_batch_pairs: int = Field(8, ge=1)
+    max_grad_norm: float | None = Field(None, gt=0)
+    eval_every: int = Field(10, ge=1, description="validation loss and sign agreement every N updates")
+    checkpoint_every: int = Field(20, ge=1, description="a resumable checkpoint every N updates")
+    trainable: Literal["all"] | int = Field("all", description='"all" or k: only the top k decoder layers')
+    dtype: DTYPE = "float32"
+    seed: int = 0
+    launcher: LauncherConfig = LauncherConfig(kind="accelerate")
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> TrainConfig:
+        if self.pairs_per_update % self.micro_batch_pairs:
+            raise ValueError(
+                f"micro_batch_pairs ({self.micro_batch_pairs}) must divide pairs_per_update "
+                f"({self.pairs_per_update}): a pair must stay in one micro-batch. Set micro_batch_pairs to a "
+                f"divisor of {self.pairs_per_update}."
+            )
+        if isinstance(self.trainable, int) and self.trainable < 1:
+            raise ValueError(f"trainable ({self.trainable}) must be 'all' or a number of top layers >= 1.")
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.pairs_per_update // self.micro_batch_pairs
+
+
+class EvaluateConfig(Section):
+    prompts: PromptsConfig | None = Field(None, description="held-out prompts (never used for training)")
+    n: int = Field(1, ge=1, description="samples per prompt for each policy; rewards are averaged")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(2048, ge=1)
+    seed: int = 1234
+    batch_size: int = Field(8, ge=1)
+    launcher: LauncherConfig = LauncherConfig()
+
+
+class SFTConfig(Section):
+    """Supervised warm start (round 0) on demonstrations; loss on assistant tokens only."""
+
+    data: str = Field(..., description="a local .jsonl/.json/.parquet/.csv file or a Hub dataset id")
+    split: str = "train"
+    prompt_column: str | None = "prompt"
+    response_column: str | None = "response"
+    messages_column: str | None = None
+    lr: float = Field(1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    examples_per_update: int = Field(32, ge=1)
+    micro_batch: int = Field(8, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    max_tokens: int = Field(2048, ge=8, description="examples longer than this are dropped and counted")
+    dtype: DTYPE = "float32"
+    seed: int = 0
+    launcher: LauncherConfig = LauncherConfig(kind="accelerate")
+
+    @model_validator(mode="after")
+    def _columns(self) -> SFTConfig:
+        if self.messages_column is None and not (self.prompt_column and self.response_column):
+            raise ValueError("set messages_column, or both prompt_column and response_column.")
+        if self.examples_per_update % self.micro_batch:
+            raise ValueError(
+                f"micro_batch ({self.micro_batch}) must divide examples_per_update ({self.examples_per_update}). "
+                f"Set micro_batch to a divisor of {self.examples_per_update}."
+            )
+        return self
+
+
 class StoreConfig(Section):
     root: str = "rebelflow-store"
 
@@ -144,13 +233,17 @@ class StoreConfig(Section):
 class RunConfig(Section):
     campaign: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     rounds: int = Field(1, ge=1)
-    stop_after: Literal["generate", "score", "prepare"] = "prepare"
+    stop_after: Literal["generate", "score", "prepare", "logprobs", "train", "evaluate"] = "evaluate"
     policy: PolicyConfig = PolicyConfig()
+    sft: SFTConfig | None = None
     prompts: PromptsConfig
     reward: RewardConfig
     generate: GenerateConfig = GenerateConfig()
     score: ScoreConfig = ScoreConfig()
     prepare: PrepareConfig = PrepareConfig()
+    logprobs: LogprobsConfig = LogprobsConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     store: StoreConfig = StoreConfig()
 
     @field_validator("campaign")
@@ -162,13 +255,25 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        if self.rounds > 1:
+        stages = self.stages()
+        if self.generate.n < 2 or self.generate.temperature <= 0:
             raise ValueError(
-                f"rounds: {self.rounds} needs each round's trained policy, but this version stops after "
-                f"'{self.stop_after}' (training is not available yet). Set rounds: 1."
+                f"generate.n is {self.generate.n} and generate.temperature {self.generate.temperature}: REBEL "
+                "pairs the best and the worst of n sampled responses, so it needs n >= 2 and temperature > 0 "
+                "(greedy samples are identical). Set generate.n: 2 or more and a positive temperature."
+            )
+        if self.rounds > 1 and "train" not in stages:
+            raise ValueError(
+                f"rounds: {self.rounds} needs each round's trained policy, but stop_after is "
+                f"'{self.stop_after}'. Set stop_after: train (or evaluate), or rounds: 1."
+            )
+        if "evaluate" in stages and self.evaluate.prompts is None:
+            raise ValueError(
+                "evaluation needs held-out prompts: set evaluate.prompts (same keys as prompts), or "
+                "stop_after: train to skip evaluation."
             )
         per_round = self.prompts.per_round
-        if per_round is not None and self.stop_after == "prepare" and self.prepare.validation_pairs >= per_round:
+        if per_round is not None and "prepare" in stages and self.prepare.validation_pairs >= per_round:
             raise ValueError(
                 f"prepare.validation_pairs ({self.prepare.validation_pairs}) must be below prompts.per_round "
                 f"({per_round}): at most one pair per prompt, and training needs some. Lower "
@@ -252,6 +357,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         src = prompts["source"]
         if src.endswith(LOCAL_DATA_SUFFIXES) and not Path(src).is_absolute():
             prompts["source"] = str(base / src)
+    for section, key in (("evaluate", "prompts"), ("sft", None)):
+        node = raw.get(section)
+        node = node.get(key) if isinstance(node, dict) and key else node
+        field = "source" if key else "data"
+        if isinstance(node, dict) and isinstance(node.get(field), str):
+            src = node[field]
+            if src.endswith(LOCAL_DATA_SUFFIXES) and not Path(src).is_absolute():
+                node[field] = str(base / src)
     reward = raw.get("reward")
     if isinstance(reward, dict) and isinstance(reward.get("function"), str):
         module, sep, fn = reward["function"].rpartition(":")
@@ -266,11 +379,17 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _check_prompts_source(cfg: RunConfig) -> None:
-    if cfg.prompts.is_local() and not Path(cfg.prompts.source).is_file():
-        raise ConfigError(
-            f"[prompts.source] {cfg.prompts.source!r}: file not found. Paths in a config file are relative to "
-            "that file's folder; give an existing .jsonl/.json/.parquet/.csv file or a Hub dataset id."
-        )
+    sources = [("prompts.source", cfg.prompts.source)]
+    if cfg.evaluate.prompts is not None:
+        sources.append(("evaluate.prompts.source", cfg.evaluate.prompts.source))
+    if cfg.sft is not None:
+        sources.append(("sft.data", cfg.sft.data))
+    for where, src in sources:
+        if src.endswith(LOCAL_DATA_SUFFIXES) and not Path(src).is_file():
+            raise ConfigError(
+                f"[{where}] {src!r}: file not found. Paths in a config file are relative to that file's "
+                "folder; give an existing .jsonl/.json/.parquet/.csv file or a Hub dataset id."
+            )
 
 
 def format_validation_error(exc: ValidationError, origin: str) -> str:

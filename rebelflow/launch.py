@@ -1,6 +1,8 @@
 """Run a stage job in this process or in a subprocess (optionally under another Python interpreter).
 
-A subprocess gets the job as a JSON file and runs `python -m rebelflow.stages.<stage> --job FILE`.
+A subprocess gets the job as a JSON file and runs `python -m rebelflow.stages.<stage> --job FILE`, or
+`python -m accelerate.commands.launch ... --module rebelflow.stages.<stage> --job FILE` for kind=accelerate
+(the launch config, e.g. DeepSpeed ZeRO, comes from launcher.config_file).
 Its stdout and stderr are merged into one pipe, written whole to `<store>/logs/<id>.log` and passed line
 by line (at most a few per second) to `emit`, e.g. the Prefect run logger. A user error inside the
 subprocess comes back as the same error class; cancelling kills the whole process group.
@@ -38,7 +40,7 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
     job_file = jobs_dir / f"{job.ref.id}.json"
     job_file.write_text(job.model_dump_json(indent=2))
     python = job.launcher.python or sys.executable
-    cmd = [python, "-u", "-m", f"rebelflow.stages.{job.stage}", "--job", str(job_file), "--store", str(store.root)]
+    cmd = [*_entry(job, python), "--job", str(job_file), "--store", str(store.root)]
     log_path = logs_dir / f"{job.ref.id}.log"
     emit(f"launching {' '.join(cmd)} (full log: {log_path})")
     tail: deque[str] = deque(maxlen=40)
@@ -63,6 +65,21 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
         f"stage {job.stage} exited with code {proc.returncode}; last lines:\n" + "\n".join(list(tail)[-15:])
         + f"\nfull log: {log_path}"
     )
+
+
+def _entry(job: StageJob, python: str) -> list[str]:
+    """The command that runs the stage module: plain Python, or `accelerate launch` around it."""
+    module = f"rebelflow.stages.{job.stage}"
+    if job.launcher.kind != "accelerate":
+        return [python, "-u", "-m", module]
+    cmd = [python, "-m", "accelerate.commands.launch", "--num_processes", str(job.launcher.num_processes)]
+    if job.launcher.config_file:
+        cmd += ["--config_file", job.launcher.config_file]
+    else:  # explicit defaults, so accelerate does not read (or warn about) a user-level default config
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if job.launcher.num_processes > 1:
+            cmd += ["--multi_gpu"]
+    return [*cmd, "--module", module]
 
 
 def _pump(proc: subprocess.Popen, log_path, tail: deque, emit: Callable[[str], None]) -> None:

@@ -46,3 +46,14 @@ def rebel_loss(
         "mean_eta_reward_diff": target.mean().item(),
     }
     return loss, metrics
+
+
+def masked_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Supervised loss: mean negative log-likelihood over the masked tokens of the whole batch.
+
+    logits: (B, T, V), position t predicting token t+1; input_ids, mask: (B, T), mask 1 = trained token.
+    Returns a scalar: sum of -log p over masked tokens t >= 1, divided by their count.
+    """
+    token_logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    weights = mask[:, 1:].to(token_logps.dtype)
+    return -(token_logps * weights).sum() / weights.sum().clamp(min=1.0)

@@ -1,53 +1,144 @@
 """The campaign plan: every stage job of every round with its fingerprint, computed without doing work.
 
 `rebelflow plan`, the flows and `python -m rebelflow.stages.<name> CONFIG` all build jobs here, so the
-three agree on what an artifact's fingerprint is.
+three agree on what an artifact's fingerprint is. A campaign is:
+
+    round 0   tiny_model (if policy.model is "tiny") → sft (if configured) = the starting policy;
+              eval_prompts → eval_generate → eval_score of the starting policy (the baseline, once)
+    round k   prompts → generate → score → prepare → logprobs → train
+              → eval_generate → eval_score (the new policy) → evaluate (new against baseline)
+
+Round k's trained policy is round k+1's policy; the starting policy stays the evaluation baseline.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store, external_model
+from rebelflow.artifacts import ArtifactRef, Store, external_model, sha256_file
 from rebelflow.config import RunConfig
 from rebelflow.rewards import reward_identity
-from rebelflow.stages import StageJob, generate, prepare, prompts, score, tiny_model
+from rebelflow.stages import (
+    StageJob,
+    evaluate,
+    generate,
+    logprobs,
+    prepare,
+    prompts,
+    score,
+    sft,
+    tiny_model,
+    train,
+)
 
 
-def initial_policy(cfg: RunConfig) -> tuple[StageJob | None, ArtifactRef]:
-    """The job that builds the starting policy (None for an existing model) and the policy's ref."""
+@dataclass
+class Baseline:
+    """Round 0: the jobs that make the starting policy and the baseline's evaluation samples."""
+
+    jobs: list[StageJob] = field(default_factory=list)
+    policy: ArtifactRef | None = None
+    eval_prompts: ArtifactRef | None = None
+    eval_scored: ArtifactRef | None = None
+
+
+def baseline(cfg: RunConfig) -> Baseline:
+    out = Baseline()
     if cfg.policy.model == "tiny":
-        job = stages.make_job(tiny_model, 0, cfg.policy.tiny, [])
-        return job, job.ref
-    return None, external_model(cfg.policy.model, cfg.policy.revision)
+        out.jobs.append(stages.make_job(tiny_model, 0, cfg.policy.tiny, []))
+        out.policy = out.jobs[-1].ref
+    else:
+        out.policy = external_model(cfg.policy.model, cfg.policy.revision)
+    if cfg.sft is not None:
+        settings = sft.Settings(**cfg.sft.model_dump(), data_identity=_data_identity(cfg.sft.data, cfg.sft.split))
+        out.jobs.append(stages.make_job(sft, 0, settings, [out.policy], cfg.sft.launcher))
+        out.policy = out.jobs[-1].ref
+    if "evaluate" in cfg.stages():
+        job = stages.make_job(prompts, 0, prompts.Settings.from_config(cfg.evaluate.prompts, 1), [], name="eval_prompts")
+        out.jobs.append(job)
+        out.eval_prompts = job.ref
+        out.jobs += _eval_samples(cfg, 0, out.eval_prompts, out.policy)
+        out.eval_scored = out.jobs[-1].ref
+    return out
 
 
-def round_jobs(cfg: RunConfig, k: int, policy: ArtifactRef) -> list[StageJob]:
+def round_jobs(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> list[StageJob]:
     """Round k's stages in order, up to `stop_after`, starting from `policy`."""
     wanted = cfg.stages()
     jobs = [stages.make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k), [])]
-    if "generate" in wanted:
-        settings = generate.Settings(**cfg.generate.model_dump())
-        jobs.append(stages.make_job(generate, k, settings, [jobs[-1].ref, policy], cfg.generate.launcher))
-    if "score" in wanted:
-        settings = score.Settings(
-            reward=cfg.reward,
-            reward_identity=reward_identity(cfg.reward),
-            shard_size=cfg.score.shard_size,
-            launcher=cfg.score.launcher,
-        )
-        jobs.append(stages.make_job(score, k, settings, [jobs[-1].ref], cfg.score.launcher))
-    if "prepare" in wanted:
-        settings = prepare.Settings(**cfg.prepare.model_dump())
-        jobs.append(stages.make_job(prepare, k, settings, [jobs[-1].ref, policy], cfg.prepare.launcher))
+
+    def add(module, settings, inputs, launcher=None, name=None) -> None:
+        if (name or module.NAME) in wanted:
+            jobs.append(stages.make_job(module, k, settings, inputs, launcher, name=name))
+
+    add(generate, generate.Settings(**cfg.generate.model_dump()), [jobs[-1].ref, policy], cfg.generate.launcher)
+    score_settings = score.Settings(
+        reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size
+    )
+    add(score, score_settings, [jobs[-1].ref], cfg.score.launcher)
+    add(prepare, prepare.Settings(**cfg.prepare.model_dump()), [jobs[-1].ref, policy], cfg.prepare.launcher)
+    if "logprobs" in wanted:  # the hardware fingerprint is only worth computing when needed
+        add(logprobs, _logprobs_settings(cfg), [jobs[-1].ref, policy], cfg.logprobs.launcher)
+    train_settings = train.Settings(
+        **cfg.train.model_dump(),
+        temperature=cfg.generate.temperature,
+        attn_implementation=cfg.logprobs.attn_implementation,
+    )
+    add(train, train_settings, [jobs[-1].ref, policy], cfg.train.launcher)
+    if "evaluate" in wanted:
+        jobs += _eval_samples(cfg, k, base.eval_prompts, jobs[-1].ref)
+        add(evaluate, evaluate.Settings(), [jobs[-1].ref, base.eval_scored])
     return jobs
+
+
+def next_policy(jobs: list[StageJob]) -> ArtifactRef | None:
+    """The policy a round hands to the next: its train artifact."""
+    return next((j.ref for j in jobs if j.stage == "train"), None)
 
 
 def campaign_jobs(cfg: RunConfig) -> list[StageJob]:
-    start, policy = initial_policy(cfg)
-    jobs = [start] if start else []
+    base = baseline(cfg)
+    jobs, policy = list(base.jobs), base.policy
     for k in range(1, cfg.rounds + 1):
-        jobs += round_jobs(cfg, k, policy)
+        round_k = round_jobs(cfg, k, policy, base)
+        jobs += round_k
+        policy = next_policy(round_k)
     return jobs
+
+
+def _eval_samples(cfg: RunConfig, k: int, eval_prompts: ArtifactRef, policy: ArtifactRef) -> list[StageJob]:
+    """Sample and score `policy` on the held-out prompts with the evaluation settings (same seeds always)."""
+    e = cfg.evaluate
+    settings = generate.Settings(
+        engine=cfg.generate.engine, n=e.n, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
+        seed=e.seed, batch_size=e.batch_size, shard_size=cfg.generate.shard_size, dtype=cfg.generate.dtype,
+    )
+    gen = stages.make_job(generate, k, settings, [eval_prompts, policy], e.launcher, name="eval_generate")
+    score_settings = score.Settings(
+        reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size
+    )
+    return [gen, stages.make_job(score, k, score_settings, [gen.ref], cfg.score.launcher, name="eval_score")]
+
+
+def _logprobs_settings(cfg: RunConfig) -> logprobs.Settings:
+    from rebelflow.training import hardware_fingerprint
+
+    lp = cfg.logprobs
+    return logprobs.Settings(
+        **lp.model_dump(), temperature=cfg.generate.temperature,
+        hardware=hardware_fingerprint(lp.dtype, lp.attn_implementation),
+    )
+
+
+def _data_identity(source: str, split: str) -> str:
+    from pathlib import Path
+
+    from rebelflow.artifacts import model_identity
+
+    if Path(source).is_file():
+        return f"file:{sha256_file(Path(source))}"
+    return f"{model_identity(source)}:{split}"
 
 
 def plan_status(cfg: RunConfig) -> list[dict]:
@@ -60,14 +151,17 @@ def plan_status(cfg: RunConfig) -> list[dict]:
         if any(r.id in pending for r in j.inputs) or not store.is_complete(j.ref):
             pending.add(j.ref.id)
         status = "pending" if j.ref.id in pending else "cached"
-        out.append({"round": j.round, "stage": j.stage, "fingerprint": j.ref.id, "status": status})
+        out.append({"round": j.round, "stage": j.name, "fingerprint": j.ref.id, "status": status})
     return out
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Checks that need the data but no model: every round's prompt slice exists and is usable.
-    Raises DataError before any stage starts (cheap: reads the prompt source once)."""
+    """Checks that need the data but no model: every round's prompt slice exists and is usable, and so
+    do the evaluation prompts. Raises DataError before any stage starts (reads each source once)."""
     first = prompts.Settings.from_config(cfg.prompts, 1)
     rows = prompts.load_rows(first)
     for k in range(1, cfg.rounds + 1):
         prompts.select(prompts.Settings.from_config(cfg.prompts, k), rows)
+    if "evaluate" in cfg.stages():
+        held_out = prompts.Settings.from_config(cfg.evaluate.prompts, 1)
+        prompts.select(held_out, prompts.load_rows(held_out))

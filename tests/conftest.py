@@ -57,6 +57,10 @@ def make_config(tmp_path: Path, prompts_path: Path, **sections):
         "generate": {"n": 3, "max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "batch_size": 4, "shard_size": 4},
         "score": {"shard_size": 4},
         "prepare": {"max_prompt_tokens": 128, "max_response_tokens": 64, "validation_pairs": 2},
+        "train": {"eta": 1.0, "lr": 1e-3, "pairs_per_update": 4, "micro_batch_pairs": 2, "eval_every": 1,
+                  "checkpoint_every": 1, "launcher": {"kind": "inprocess"}},
+        "evaluate": {"prompts": {"source": str(prompts_path), "id_column": "id", "per_round": 4}, "n": 2,
+                     "max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "batch_size": 4},
         "store": {"root": str(tmp_path / "store")},
     }
     for key, value in sections.items():

@@ -38,10 +38,7 @@ class HFEngine:
             generated = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                do_sample=True,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=0,
+                **self._sampling(params),
                 max_new_tokens=params.max_new_tokens,
                 eos_token_id=self.eot,
                 pad_token_id=self.pad_id,
@@ -49,6 +46,12 @@ class HFEngine:
             for i, row in enumerate(generated.tolist()):
                 out[i].append(self._completion(row, seed))
         return out
+
+    @staticmethod
+    def _sampling(params: SamplingParams) -> dict:
+        if params.temperature == 0:  # greedy: every sample is the same
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
 
     def _completion(self, row: list[int], seed: int) -> Completion:
         stop = next((k for k, t in enumerate(row) if t in self.eot), None)

@@ -1,5 +1,6 @@
-"""campaign_flow: the starting policy, then rounds in sequence, each round's policy being the previous
-round's trained model (training arrives in the next release; until then a campaign has one round)."""
+"""campaign_flow: the starting policy (tiny build, SFT warm start) and the baseline's evaluation samples,
+then rounds in sequence — round k's trained policy is round k+1's policy, the starting policy stays the
+evaluation baseline — and a summary across rounds (summary.json and summary.png in the campaign folder)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from rebelflow.artifacts import Store
 from rebelflow.config import RunConfig
 from rebelflow.flows.common import run_stage
 from rebelflow.flows.round import round_flow
-from rebelflow.plan import initial_policy
+from rebelflow.plan import baseline
+from rebelflow.summary import campaign_summary
 from rebelflow.tasks.ui import publish_campaign
 
 
 @flow(name="campaign", flow_run_name="{cfg.campaign}", log_prints=True)
-def campaign_flow(cfg: RunConfig) -> list[dict[str, Any]]:
+def campaign_flow(cfg: RunConfig) -> dict[str, Any]:
     store = Store(cfg.store.root)
-    build, policy = initial_policy(cfg)
-    records = [run_stage(cfg.campaign, build, store)] if build else []
+    base = baseline(cfg)
+    records = [run_stage(cfg.campaign, job, store) for job in base.jobs]
+    policy, evaluations = base.policy, []
     for k in range(1, cfg.rounds + 1):
-        records += round_flow(cfg, k, policy)
-    publish_campaign(cfg.campaign, records)
-    return records
+        out = round_flow(cfg, k, policy, base.eval_prompts, base.eval_scored)
+        records += out["records"]
+        policy = out["policy"]
+        if out["evaluation"] is not None:
+            evaluations.append((k, out["evaluation"]))
+    summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations) if base.eval_scored else None
+    publish_campaign(cfg.campaign, records, summary, store)
+    return {"records": records, "summary": summary, "policy": policy}

@@ -16,11 +16,11 @@ def run_stage(campaign: str, job: StageJob, store: Store) -> dict[str, Any]:
     started = time.time()
     state = task_for(job, store)(job, str(store.root), return_state=True)
     if not state.is_completed():
-        store.record(campaign, job.round, job.stage, job.ref, state="failed")
+        store.record(campaign, job.round, job.name, job.ref, state="failed")
         state.result()  # raises the stage's exception
     ref = state.result()
     seconds = time.time() - started
-    store.record(campaign, job.round, job.stage, ref)
-    publish_stage(campaign, job.round, job.stage, ref, store, seconds)
+    store.record(campaign, job.round, job.name, ref)
+    publish_stage(campaign, job.round, job.name, ref, store, seconds)
     status = "cached" if state.name == "Cached" else "ran"
-    return {"round": job.round, "stage": job.stage, "id": ref.id, "status": status, "seconds": round(seconds, 2)}
+    return {"round": job.round, "stage": job.name, "id": ref.id, "status": status, "seconds": round(seconds, 2)}

@@ -9,7 +9,9 @@ artifacts are not reused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -20,7 +22,7 @@ from rebelflow.artifacts import ArtifactRef, Store, fingerprint
 from rebelflow.config import LauncherConfig
 from rebelflow.errors import RebelflowError
 
-STAGE_MODULES = ("tiny_model", "prompts", "generate", "score", "prepare")
+STAGE_MODULES = ("tiny_model", "prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate", "sft")
 ERROR_PREFIX = "rebelflow-error:"
 
 
@@ -29,7 +31,8 @@ class StageJob(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    stage: str
+    stage: str  # the stage module
+    name: str  # what the plan and the UI call it, e.g. "eval_generate" for the generate module
     round: int
     settings: dict[str, Any]
     inputs: list[ArtifactRef]
@@ -53,9 +56,12 @@ def artifact_ref(name: str, version: int, kind: str, settings: BaseModel, inputs
     return ArtifactRef(id=fp, stage=name, kind=kind)
 
 
-def make_job(module: ModuleType, round_k: int, settings: BaseModel, inputs: list[ArtifactRef], launcher=None) -> StageJob:
+def make_job(
+    module: ModuleType, round_k: int, settings: BaseModel, inputs: list[ArtifactRef], launcher=None, name=None
+) -> StageJob:
     return StageJob(
         stage=module.NAME,
+        name=name or module.NAME,
         round=round_k,
         settings=settings.model_dump(mode="json"),
         inputs=inputs,
@@ -67,7 +73,10 @@ def make_job(module: ModuleType, round_k: int, settings: BaseModel, inputs: list
 def run_job(job: StageJob, store: Store) -> ArtifactRef:
     module = stage_module(job.stage)
     settings = module.Settings.model_validate(job.settings)
-    with store.lock(job.ref.id):  # one maker per artifact; a waiting process then finds it complete
+    # One maker per artifact; a waiting process then finds it complete. Under a multi-process launch
+    # only rank 0 takes the lock (the other ranks of the same job must not wait for it).
+    lock = store.lock(job.ref.id) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
         ref = module.run(settings, *job.inputs, store=store)
     if ref != job.ref:
         raise RuntimeError(f"stage {job.stage} produced {ref.id}, the plan expected {job.ref.id} (a bug)")
@@ -109,7 +118,7 @@ def _job_from_config(name: str, args: argparse.Namespace) -> tuple[StageJob, Sto
         raise DataError("give a campaign config (or --job FILE).")
     cfg = load_config(args.config, args.set, store=args.store)
     store = Store(cfg.store.root)
-    jobs = [j for j in campaign_jobs(cfg) if j.stage == name and j.round in (args.round, 0)]
+    jobs = [j for j in campaign_jobs(cfg) if j.name == name and j.round in (args.round, 0)]
     if not jobs:
         raise DataError(f"the config has no {name} stage in round {args.round}.")
     missing = [r.id for r in jobs[0].inputs if not store.is_complete(r)]

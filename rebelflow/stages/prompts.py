@@ -61,31 +61,40 @@ def source_identity(cfg: PromptsConfig) -> str:
     return f"{model_identity(cfg.source, cfg.revision)}:{cfg.split}"
 
 
-def load_rows(s: Settings) -> list[dict[str, Any]]:
-    """Read the source with `datasets`; DataError names the file and what is wrong with it."""
+def read_dataset(source: str, split: str = "train", revision: str | None = None, what: str = "data"):
+    """A local .jsonl/.json/.parquet/.csv file or a dataset id/folder as a `datasets.Dataset`; any
+    problem becomes a DataError that names the source."""
     import datasets
 
     datasets.disable_progress_bars()
     try:
-        if s.source.endswith(tuple(".jsonl .json .parquet .csv".split())):
-            path = Path(s.source)
+        if source.endswith(tuple(".jsonl .json .parquet .csv".split())):
+            path = Path(source)
             if path.stat().st_size == 0 or not path.read_bytes().strip():
-                raise DataError(f"prompts file {s.source} is empty. Give a file with one prompt per row.")
+                raise DataError(f"{what} {source} is empty. Give a file with one example per row.")
             builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}[path.suffix[1:]]
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:
-            ds = datasets.load_dataset(s.source, split=s.split, revision=s.revision)
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        return datasets.load_dataset(source, split=split, revision=revision)
     except DataError:
         raise
     except Exception as exc:  # datasets raises many types for unreadable files; keep its words
-        raise DataError(f"cannot read prompts from {s.source}: {type(exc).__name__}: {exc}") from exc
-    column = s.prompt_column or s.messages_column
-    if column not in ds.column_names:
-        key = "prompt_column" if s.prompt_column else "messages_column"
-        raise DataError(
-            f"prompts {s.source} has no column {column!r} (columns: {ds.column_names}). "
-            f"Set prompts.{key} to the column that holds the prompt."
-        )
+        raise DataError(f"cannot read {what} {source}: {type(exc).__name__}: {exc}") from exc
+
+
+def require_columns(ds, source: str, wanted: dict[str, str | None]) -> None:
+    """DataError naming the first configured column (config key -> column) that the data lacks."""
+    for key, column in wanted.items():
+        if column is not None and column not in ds.column_names:
+            raise DataError(
+                f"{source} has no column {column!r} (columns: {ds.column_names}). Set {key} to the column "
+                "that holds it."
+            )
+
+
+def load_rows(s: Settings) -> list[dict[str, Any]]:
+    ds = read_dataset(s.source, s.split, s.revision, what="prompts file")
+    require_columns(ds, f"prompts {s.source}", {"prompts.prompt_column": s.prompt_column,
+                                                "prompts.messages_column": s.messages_column})
     return ds.to_list()
 
 

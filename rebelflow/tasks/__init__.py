@@ -47,7 +47,7 @@ def transient_only(task, task_run, state) -> bool:
 
 @task(
     name="stage",
-    task_run_name="{job.stage}-r{job.round}",
+    task_run_name="{job.name}-r{job.round}",
     cache_policy=StageCache(),
     persist_result=True,
     result_serializer="json",
@@ -57,7 +57,7 @@ def transient_only(task, task_run, state) -> bool:
 )
 def stage_task(job: StageJob, store_root: str) -> ArtifactRef:
     logger = get_run_logger()
-    logger.info("%s round %d -> %s", job.stage, job.round, job.ref.id)
+    logger.info("%s round %d -> %s", job.name, job.round, job.ref.id)
     return launch(job, Store(store_root), emit=logger.info)
 
 
@@ -65,4 +65,4 @@ def task_for(job: StageJob, store: Store):
     """The stage task under its UI name (e.g. `generate_task`); it re-runs, whatever Prefect's cache
     holds, when the store has no complete and verified artifact (damaged ones are moved aside)."""
     missing = not store.is_complete(job.ref, quarantine=True)
-    return stage_task.with_options(name=f"{job.stage}_task", refresh_cache=missing)
+    return stage_task.with_options(name=f"{job.name}_task", refresh_cache=missing)

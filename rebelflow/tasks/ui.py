@@ -29,7 +29,7 @@ def _cell(value: Any) -> Any:
 def publish_stage(campaign: str, round_k: int, stage: str, ref: ArtifactRef, store: Store, seconds: float) -> None:
     manifest = store.manifest(ref)
     summary = dict(manifest.get("summary", {}))
-    sample = summary.pop("sample", None)
+    tables = {k: summary.pop(k) for k in [k for k, v in summary.items() if _is_rows(v)]}  # sample rows, curves
     counts = {k: v for k, v in summary.items() if isinstance(v, dict)}
     lines = [
         f"### {stage} · round {round_k} · `{ref.id}`",
@@ -46,11 +46,32 @@ def publish_stage(campaign: str, round_k: int, stage: str, ref: ArtifactRef, sto
     lines += ["", "Inputs: " + (", ".join(f"`{i}`" for i in manifest["inputs"]) or "none")]
     key = artifact_key(campaign, f"r{round_k}", stage)
     create_markdown_artifact("\n".join(lines), key=key, description=f"{stage} summary, round {round_k}")
-    if sample:
-        rows = [{k: _cell(v) for k, v in row.items()} for row in sample]
-        create_table_artifact(rows, key=f"{key}-sample", description=f"{stage} sample rows, round {round_k}")
+    for name, rows in tables.items():
+        rows = [{k: _cell(v) for k, v in row.items()} for row in rows]
+        create_table_artifact(rows, key=f"{key}-{artifact_key(name)}", description=f"{stage} {name}, round {round_k}")
 
 
-def publish_campaign(campaign: str, records: list[dict[str, Any]]) -> None:
+def _is_rows(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict | None, store: Store) -> None:
     rows = [{k: _cell(v) for k, v in r.items()} for r in records]
-    create_table_artifact(rows, key=artifact_key(campaign, "summary"), description=f"campaign {campaign}: stages")
+    create_table_artifact(rows, key=artifact_key(campaign, "stages"), description=f"campaign {campaign}: stages")
+    if summary is None:
+        return
+    folder = store.root / "campaigns" / campaign
+    lines = [
+        f"### campaign {campaign}",
+        "",
+        "| round | policy reward | baseline reward | win rate vs baseline | mean tokens |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['round']} | {r['reward_mean']:.4f} | {r['baseline_reward_mean']:.4f} | {r['win_rate']:.3f} | "
+            f"{r['mean_tokens']:.1f} |"
+            for r in summary["rounds"]
+        ),
+        "",
+        f"Round 0 is the starting policy. Plot: `{folder / 'summary.png'}` · data: `{folder / 'summary.json'}`",
+    ]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(campaign, "summary"), description="rewards and win rates per round")

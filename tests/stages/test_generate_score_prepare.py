@@ -6,7 +6,7 @@ from rebelflow import stages
 from rebelflow.artifacts import Store, external_model
 from rebelflow.errors import DataError
 from rebelflow.launch import launch
-from rebelflow.plan import round_jobs
+from rebelflow.plan import Baseline, round_jobs
 from rebelflow.stages import generate, prepare
 from tests.conftest import make_config
 from tests.stages.helpers import run_round
@@ -35,7 +35,7 @@ def test_generate_n_seeded_samples_per_prompt(tmp_path, prompts_file, tiny_polic
 def test_generate_resumes_after_the_last_finished_shard(tmp_path, prompts_file, tiny_policy, monkeypatch):
     cfg = make_config(tmp_path, prompts_file)
     store = Store(cfg.store.root)
-    jobs = round_jobs(cfg, 1, external_model(tiny_policy))
+    jobs = round_jobs(cfg.model_copy(update={"stop_after": "generate"}), 1, external_model(tiny_policy), Baseline())
     launch(jobs[0], store)
     calls = []
     real = generate.load_engine
@@ -150,7 +150,7 @@ def test_stage_runs_alone_from_the_command_line(tmp_path, prompts_file, tiny_pol
     cfg_file.write_text(
         f"campaign: c\npolicy: {{model: {tiny_policy}}}\nprompts: {{source: {prompts_file}, id_column: id}}\n"
         f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
-        f"generate: {{n: 2, max_new_tokens: 4}}\nprepare: {{validation_pairs: 1}}\nstore: {{root: {tmp_path / 's'}}}\n"
+        f"generate: {{n: 2, max_new_tokens: 4}}\nprepare: {{validation_pairs: 1}}\nstop_after: prepare\nstore: {{root: {tmp_path / 's'}}}\n"
     )
     assert stages.main("generate", [str(cfg_file)]) == 3
     assert "are not in" in capsys.readouterr().err
@@ -167,7 +167,7 @@ def test_two_processes_making_the_same_artifact_make_it_once(tmp_path, prompts_f
     cfg_file.write_text(
         f"campaign: c\npolicy: {{model: {tiny_policy}}}\nprompts: {{source: {prompts_file}, id_column: id}}\n"
         f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
-        f"generate: {{n: 2, max_new_tokens: 8}}\nprepare: {{validation_pairs: 1}}\nstore: {{root: {tmp_path / 's'}}}\n"
+        f"generate: {{n: 2, max_new_tokens: 8}}\nprepare: {{validation_pairs: 1}}\nstop_after: prepare\nstore: {{root: {tmp_path / 's'}}}\n"
     )
     assert stages.main("prompts", [str(cfg_file)]) == 0
     cmd = [sys.executable, "-m", "rebelflow.stages.generate", str(cfg_file)]

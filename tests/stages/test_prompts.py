@@ -55,11 +55,11 @@ def test_empty_file_and_wrong_column_are_clear_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     cfg = make_config(tmp_path, empty)
-    with pytest.raises(DataError, match="is empty"):
+    with pytest.raises(DataError, match="prompts file .* is empty"):
         run_job(_jobs(cfg, 1), Store(cfg.store.root))
     path = write_prompts(tmp_path / "q.jsonl", [{"question": "Hi"}])
     cfg = make_config(tmp_path, path)
-    with pytest.raises(DataError, match=r"no column 'prompt' \(columns: \['question'\]\). Set prompts.prompt_column"):
+    with pytest.raises(DataError, match=r"no column .prompt. \(columns: \[.question.\]\). Set prompts.prompt_column"):
         run_job(_jobs(cfg, 1), Store(cfg.store.root))
 
 

@@ -56,9 +56,9 @@ def test_one_prompt_column_and_disjoint_needs_per_round(tmp_path, prompts_file):
 
 
 def test_n_at_least_two_and_positive_temperature(tmp_path, prompts_file):
-    with pytest.raises(ConfigError, match=r"\[generate.n\] \(got 1\)"):
+    with pytest.raises(ConfigError, match=r"generate.n is 1 .* needs n >= 2 and temperature > 0"):
         make_config(tmp_path, prompts_file, generate={"n": 1})
-    with pytest.raises(ConfigError, match=r"\[generate.temperature\] \(got 0\)"):
+    with pytest.raises(ConfigError, match=r"generate.temperature 0.0: .*greedy samples are identical"):
         make_config(tmp_path, prompts_file, generate={"temperature": 0})
 
 
@@ -79,11 +79,12 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path, prompts_file):
     (tmp_path / "rules.py").write_text("def r(messages, response):\n    return 1.0\n")
     (tmp_path / "c.yaml").write_text(
         "campaign: c\nprompts: {source: prompts.jsonl}\nreward: {backend: rule, function: rules.py:r}\n"
-        "prepare: {validation_pairs: 1}\n"
+        "prepare: {validation_pairs: 1}\nevaluate: {prompts: {source: prompts.jsonl}}\n"
     )
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.prompts.source == str(prompts_file)
     assert cfg.reward.function == f"{tmp_path / 'rules.py'}:r"
+    assert cfg.evaluate.prompts.source == str(prompts_file)
 
 
 def test_cli_config_error_exits_2_before_any_stage(tmp_path):

@@ -53,3 +53,15 @@ def test_sequence_logps_sums_masked_tokens_with_temperature():
     # temperature 2 halves the logits: p(1) at t=0 is sqrt(3) / (1 + sqrt(3))
     got = sequence_logps(logits, ids, torch.tensor([[0, 1, 0]]), temperature=2.0).item()
     assert got == pytest.approx(math.log(math.sqrt(3) / (1 + math.sqrt(3))), abs=1e-5)
+
+
+def test_masked_nll_averages_over_masked_tokens_only():
+    logits = torch.zeros(2, 3, 2)
+    logits[0, 0] = torch.tensor([0.0, math.log(3.0)])  # p(token 1) = 3/4
+    logits[1, 1] = torch.tensor([math.log(3.0), 0.0])  # p(token 1) = 1/4
+    ids = torch.tensor([[0, 1, 0], [0, 0, 1]])
+    mask = torch.tensor([[0, 1, 0], [0, 0, 1]])
+    from rebelflow.losses import masked_nll
+
+    expected = -(math.log(3 / 4) + math.log(1 / 4)) / 2
+    assert masked_nll(logits, ids, mask).item() == pytest.approx(expected, abs=1e-5)

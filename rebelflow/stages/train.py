@@ -1,0 +1,150 @@
+"""train: one REBEL update of the policy on the round's pairs.
+
+Consumes a logprobs artifact (pairs with π_old logprobs) and the round's policy; produces a model artifact
+(`model/`: safetensors, tokenizer and chat template; `metrics.jsonl`: one line per update) that the next
+round's generate stage loads. The loss is REBEL's regression (losses.rebel_loss) of
+d = (log π_θ(chosen) − log π_old(chosen)) − (log π_θ(rejected) − log π_old(rejected)) onto
+η·(r_chosen − r_rejected); AdamW with a cosine schedule and warmup; `pairs_per_update` pairs per
+optimizer step in micro-batches of `micro_batch_pairs` (gradient accumulation), each micro-batch padded
+only to its own longest sequence. Validation loss and sign agreement every `eval_every` updates; a
+checkpoint every `checkpoint_every` updates in the artifact's .partial folder, from which an interrupted
+run continues. Normally launched with `accelerate launch` (train.launcher), one process on CPU.
+
+Run alone: python -m rebelflow.stages.train configs/demo-rebel.yaml --round 1
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import ClassVar
+
+import torch
+
+from rebelflow import stages
+from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.config import TrainConfig
+from rebelflow.errors import DataError
+from rebelflow.losses import rebel_loss
+from rebelflow.training import (
+    adamw,
+    batch_logps,
+    cosine_schedule,
+    curve,
+    load_causal_lm,
+    make_accelerator,
+    pad_id_of,
+    run_updates,
+    save_policy,
+    set_trainable,
+    split,
+    update_plan,
+)
+
+NAME, VERSION, KIND = "train", 1, "model"
+
+
+class Settings(TrainConfig):
+    UNHASHED: ClassVar[set[str]] = {"launcher"}
+
+    temperature: float  # the sampling temperature, as in the logprobs stage
+    attn_implementation: str
+
+
+def pair_loss(model, rows: list[dict], settings: Settings, pad: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """REBEL loss and metrics of a micro-batch of pairs; chosen and rejected go through separate passes."""
+    chosen = batch_logps(model, [r["chosen_ids"] for r in rows], [r["chosen_mask"] for r in rows], settings.temperature, pad)
+    rejected = batch_logps(
+        model, [r["rejected_ids"] for r in rows], [r["rejected_mask"] for r in rows], settings.temperature, pad
+    )
+
+    def column(key: str) -> torch.Tensor:
+        return torch.tensor([r[key] for r in rows], dtype=chosen.dtype, device=chosen.device)
+
+    loss, metrics = rebel_loss(
+        chosen, column("chosen_logp_old"), rejected, column("rejected_logp_old"),
+        column("chosen_reward"), column("rejected_reward"), settings.eta,
+    )
+    metrics["tokens"] = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
+    return loss, metrics
+
+
+def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
+    from transformers import AutoTokenizer
+
+    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
+    if store.is_complete(ref, quarantine=True):
+        return ref
+    train_rows, val_rows = store.read_rows(pairs, "train"), store.read_rows(pairs, "validation")
+    plan = update_plan(len(train_rows), settings.pairs_per_update, settings.epochs, settings.seed)
+    if not plan:
+        raise DataError(
+            f"{len(train_rows)} training pairs, fewer than train.pairs_per_update ({settings.pairs_per_update}): "
+            "no full update. Lower train.pairs_per_update or use more prompts."
+        )
+    torch.manual_seed(settings.seed)
+    path = store.model_path(policy)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
+    trainable = set_trainable(model, settings.trainable)
+    accelerator = make_accelerator(settings.accumulation_steps)
+    optimizer = adamw(model, settings.lr, settings.betas, settings.eps, settings.weight_decay)
+    scheduler = cosine_schedule(optimizer, len(plan), settings.warmup_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    pad = pad_id_of(tokenizer)
+
+    def validate() -> dict[str, float]:
+        if not val_rows:
+            return {}
+        parts = [pair_loss(model, chunk, settings, pad) for chunk in split(val_rows, settings.micro_batch_pairs)]
+        weights = [len(c) for c in split(val_rows, settings.micro_batch_pairs)]
+        mean = lambda key: sum(m[key] * n for (_, m), n in zip(parts, weights, strict=True)) / len(val_rows)  # noqa: E731
+        return {"val_loss": mean("loss"), "val_sign_agreement": mean("sign_agreement")}
+
+    partial = store.root / ".partial" / ref.id
+    started = time.time()
+    history = run_updates(
+        accelerator, model, optimizer, scheduler, len(plan),
+        micro_batches=lambda u: split([train_rows[i] for i in plan[u]], settings.micro_batch_pairs),
+        loss_fn=lambda micro: pair_loss(model, micro, settings, pad),
+        checkpoint_dir=partial / "checkpoints",
+        checkpoint_every=settings.checkpoint_every,
+        max_grad_norm=settings.max_grad_norm,
+        evaluate=validate,
+        eval_every=settings.eval_every,
+        say=lambda line: print(line, flush=True),
+    )
+    if not accelerator.is_main_process:
+        return ref
+    with store.writer(ref, VERSION, stages.hashed_settings(settings), [pairs, policy]) as w:
+        save_policy(accelerator, model, tokenizer, w.model_dir())
+        (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
+        w.finish(summary=_summary(history, len(train_rows), len(val_rows), trainable, time.time() - started), card=_CARD)
+    return ref
+
+
+def _summary(history: list[dict], n_train: int, n_val: int, trainable: int, seconds: float) -> dict:
+    last = history[-1]
+    evaluated = [h for h in history if "val_loss" in h]
+    return {
+        "updates": len(history),
+        "train pairs": n_train,
+        "validation pairs": n_val,
+        "trainable parameters": trainable,
+        "first loss": round(history[0]["loss"], 5),
+        "last loss": round(last["loss"], 5),
+        "first val_loss": round(evaluated[0]["val_loss"], 5) if evaluated else None,
+        "last val_loss": round(evaluated[-1]["val_loss"], 5) if evaluated else None,
+        "last val_sign_agreement": round(evaluated[-1]["val_sign_agreement"], 4) if evaluated else None,
+        "mean tokens per second": round(sum(h["tokens_per_second"] for h in history) / len(history), 1),
+        "seconds (this run)": round(seconds, 1),
+        "curve": curve(history, ("update", "loss", "sign_agreement", "val_loss", "val_sign_agreement", "lr")),
+    }
+
+
+_CARD = "The policy after one REBEL round; metrics.jsonl has one line per optimizer update."
+
+if __name__ == "__main__":
+    raise SystemExit(stages.main(NAME))

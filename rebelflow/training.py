@@ -1,0 +1,215 @@
+"""Shared by the logprobs, train and sft stages: model loading, trainable subsets, dynamic padding, the
+one forward function that turns sequences into summed log-probabilities, and the update loop with
+accelerate checkpoints.
+
+The logprobs stage and the trainer call the same `batch_logps`, with the same dtype, attention kernel
+and right padding, so π_old and π_θ at step 0 agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rebelflow.errors import ConfigError
+from rebelflow.losses import sequence_logps
+
+log = logging.getLogger("rebelflow.training")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def hardware_fingerprint(dtype: str, attn: str) -> str:
+    """What makes logprobs differ between machines: torch, device kind, dtype, attention kernel."""
+    kind = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"torch={torch.__version__};device={kind};dtype={dtype};attn={attn}"
+
+
+def load_causal_lm(path: str, dtype: str, attn: str = "sdpa", revision: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn)
+
+
+def set_trainable(model, trainable: str | int) -> int:
+    """Train all parameters, or only the top k decoder layers. Returns the number of trainable parameters."""
+    if trainable == "all":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        layers = model.get_decoder().layers
+        if trainable > len(layers):
+            raise ConfigError(f"[train.trainable] {trainable} top layers asked, the model has {len(layers)}.")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers[-trainable:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def pad_right(seqs: Iterable[list[int]], value: int) -> torch.Tensor:
+    """(B, T) tensor, T = the longest sequence of this batch (never a fixed maximum)."""
+    seqs = list(seqs)
+    width = max(len(s) for s in seqs)
+    return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def batch_logps(model, ids: list[list[int]], masks: list[list[int]], temperature: float, pad_id: int) -> torch.Tensor:
+    """Summed log-probabilities (B,) of the masked tokens of each sequence, right-padded per batch."""
+    dev = next(model.parameters()).device
+    input_ids = pad_right(ids, pad_id).to(dev)
+    attention = pad_right(([1] * len(s) for s in ids), 0).to(dev)
+    mask = pad_right(masks, 0).to(dev)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    return sequence_logps(logits, input_ids, mask, temperature)
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+# ---------------------------------------------------------------- the update loop
+
+
+def cosine_schedule(optimizer, total_updates: int, warmup_ratio: float):
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, int(round(warmup_ratio * total_updates)), total_updates)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = sorted(p.parent for p in root.glob("update-*/loop.json"))
+    return done[-1] if done else None
+
+
+def run_updates(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    total_updates: int,
+    micro_batches: Callable[[int], list[Any]],
+    loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    checkpoint_dir: Path,
+    checkpoint_every: int,
+    max_grad_norm: float | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    eval_every: int | None = None,
+    say: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Run optimizer updates [start, total_updates), resuming from the latest complete checkpoint.
+
+    micro_batches(u) gives update u's micro-batches; loss_fn(micro) returns (mean loss, metrics). Gradients
+    accumulate over the micro-batches (accelerate divides each loss by their number), then one step.
+    Returns one metrics dict per update: the mean of the micro-batch metrics, lr, tokens/s, and the
+    evaluation metrics every `eval_every` updates and at the end.
+    """
+    from tqdm.auto import tqdm
+
+    accelerator.register_for_checkpointing(scheduler)
+    start, history = 0, []
+    latest = latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        meta = json.loads((latest / "loop.json").read_text())
+        start, history = meta["update"], meta["metrics"]
+        say(f"resuming from checkpoint {latest.name}: {start} of {total_updates} updates already done")
+    model.train()
+    for u in tqdm(range(start, total_updates), initial=start, total=total_updates, desc="updates", unit="update"):
+        started, sums, tokens = time.time(), {}, 0
+        micros = micro_batches(u)
+        for micro in micros:
+            with accelerator.accumulate(model):
+                loss, metrics = loss_fn(micro)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            tokens += int(metrics.pop("tokens", 0))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+        scheduler.step()
+        row = {k: v / len(micros) for k, v in sums.items()}
+        row.update(update=u + 1, lr=scheduler.get_last_lr()[0], tokens_per_second=tokens / (time.time() - started))
+        if evaluate is not None and ((u + 1) % eval_every == 0 or u + 1 == total_updates):
+            model.eval()
+            with torch.no_grad():
+                row.update(evaluate())
+            model.train()
+        history.append(row)
+        say(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}))
+        if (u + 1) % checkpoint_every == 0 and u + 1 < total_updates:
+            _save(accelerator, checkpoint_dir, u + 1, history, say)
+    return history
+
+
+def _save(accelerator, root: Path, update: int, history: list[dict], say: Callable[[str], None]) -> None:
+    path = root / f"update-{update:06d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "loop.json").write_text(json.dumps({"update": update, "metrics": history}))  # last: complete
+        for old in root.glob("update-*"):
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+    say(f"checkpoint saved at update {update}: {path}")
+
+
+# ---------------------------------------------------------------- pieces shared by train and sft
+
+
+def make_accelerator(accumulation_steps: int):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import GradientAccumulationPlugin
+
+    # A second trainer in one process (tests, in-process launches) must not inherit the first one's state.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    plugin = GradientAccumulationPlugin(num_steps=accumulation_steps, sync_with_dataloader=False)
+    return Accelerator(gradient_accumulation_plugin=plugin, cpu=not torch.cuda.is_available())
+
+
+def adamw(model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def update_plan(n_items: int, per_update: int, epochs: int, seed: int) -> list[list[int]]:
+    """Item indices of every update: a seeded shuffle per epoch, the incomplete last batch dropped."""
+    import random
+
+    plan = []
+    for epoch in range(epochs):
+        order = list(range(n_items))
+        random.Random(seed + epoch).shuffle(order)
+        plan += [order[i : i + per_update] for i in range(0, n_items - per_update + 1, per_update)]
+    return plan
+
+
+def split(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def save_policy(accelerator, model, tokenizer, out_dir: Path) -> None:
+    """An HF folder (safetensors, config, generation config, tokenizer with chat template)."""
+    accelerator.unwrap_model(model).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def curve(history: list[dict[str, float]], keys: tuple[str, ...], points: int = 40) -> list[dict[str, float]]:
+    """At most `points` rows of the training history, for the UI."""
+    step = max(1, len(history) // points)
+    rows = history[::step] + ([history[-1]] if (len(history) - 1) % step else [])
+    return [{k: round(r[k], 5) if isinstance(r.get(k), float) else r.get(k) for k in keys if k in r} for r in rows]

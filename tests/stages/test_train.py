@@ -1,0 +1,138 @@
+"""logprobs, train, sft and evaluate on a tiny random model."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rebelflow.artifacts import external_model
+from rebelflow.launch import _entry, launch
+from rebelflow.plan import Baseline, round_jobs
+from rebelflow.stages import evaluate, sft
+from rebelflow.tiny import build_tokenizer
+from rebelflow.training import load_causal_lm, set_trainable
+from tests.conftest import make_config, write_prompts
+from tests.stages.helpers import run_round
+
+
+def weights(folder):
+    return load_file(f"{folder}/model.safetensors")
+
+
+def test_logprobs_equal_a_direct_forward_pass(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file, generate={"temperature": 0.7})
+    store, refs, _ = run_round(cfg, tiny_policy, upto="logprobs")
+    rows = store.read_rows(refs["logprobs"]) + store.read_rows(refs["logprobs"], "validation")
+    assert len(rows) == 12
+    model = load_causal_lm(tiny_policy, "float32").eval()
+    for r in rows:
+        for side in ("chosen", "rejected"):
+            ids = torch.tensor([r[f"{side}_ids"]])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, :-1] / 0.7
+            token_logps = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+            direct = (token_logps * torch.tensor(r[f"{side}_mask"][1:])).sum().item()
+            assert r[f"{side}_logp_old"] == pytest.approx(direct, abs=1e-4)
+    assert "torch=" in store.manifest(refs["logprobs"])["settings"]["hardware"]
+
+
+def test_train_changes_parameters_and_lowers_the_loss(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file, train={"epochs": 8, "eta": 2.0, "lr": 3e-3})
+    store, refs, _ = run_round(cfg, tiny_policy, upto="train")
+    manifest = store.manifest(refs["train"])
+    summary = manifest["summary"]
+    assert summary["updates"] == 16  # 10 training pairs: 2 updates of 4 pairs per epoch
+    assert summary["last loss"] < 0.5 * summary["first loss"]
+    assert summary["last val_loss"] is not None
+    before, after = weights(tiny_policy), weights(store.path(refs["train"]) / "model")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    lines = (store.path(refs["train"]) / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 16 and "tokenizer_config.json" in os.listdir(store.path(refs["train"]) / "model")
+    assert not (store.path(refs["train"]) / "checkpoints").exists()
+
+
+def test_top_k_layers_train_only_those(tmp_path, prompts_file, tiny_policy):
+    model = load_causal_lm(tiny_policy, "float32")
+    n = set_trainable(model, 1)
+    assert n == sum(p.numel() for p in model.model.layers[-1].parameters())
+    cfg = make_config(tmp_path, prompts_file, train={"trainable": 1, "epochs": 2})
+    store, refs, _ = run_round(cfg, tiny_policy, upto="train")
+    before, after = weights(tiny_policy), weights(store.path(refs["train"]) / "model")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.layers.1.") for k in changed)
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file, train={
+        "epochs": 30, "checkpoint_every": 4, "launcher": {"kind": "accelerate"}})
+    store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
+    job = next(j for j in round_jobs(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline())
+               if j.stage == "train")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    cmd = [*_entry(job, sys.executable), "--job", str(job_file), "--store", str(store.root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if "checkpoint saved at update 8" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode != 0 and not store.is_complete(job.ref)
+    logged = []
+    assert launch(job, store, emit=logged.append) == job.ref
+    log = (store.root / "logs" / f"{job.ref.id}.log").read_text()
+    assert "resuming from checkpoint update-000008: 8 of 60 updates already done" in log
+    assert store.manifest(job.ref)["summary"]["updates"] == 60
+
+
+def test_evaluate_counts_ties_half_and_leaves_out_invalid_prompts():
+    def row(pid, rewards, text="x"):
+        return {"prompt_id": pid, "messages": [], "responses": [text], "response_ids": [[1, 2]], "rewards": rewards}
+
+    new = [row("a", [1.0, 0.0]), row("b", [0.5]), row("c", [0.0]), row("d", [math.nan])]
+    base = [row("a", [0.2]), row("b", [0.5]), row("c", [1.0]), row("d", [1.0])]
+    rows, skipped = evaluate.compare(new, base)
+    assert [r["outcome"] for r in rows] == [1.0, 0.5, 0.0] and skipped == 1
+    summary = evaluate.summarise(rows, skipped)
+    assert summary["win_rate"] == pytest.approx(0.5)
+    assert summary["reward_mean"] == pytest.approx((0.5 + 0.5 + 0.0) / 3, abs=1e-4)
+    assert summary["baseline_reward_mean"] == pytest.approx((0.2 + 0.5 + 1.0) / 3, abs=1e-4)
+
+
+def test_evaluate_stage_compares_the_trained_policy_with_the_baseline(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file)
+    store, refs, _ = run_round(cfg, tiny_policy, upto="evaluate")
+    rows = store.read_rows(refs["evaluate"])
+    assert len(rows) == 4 and {r["outcome"] for r in rows} <= {0.0, 0.5, 1.0}
+    # the baseline's evaluation samples are the same artifact in every round
+    assert store.manifest(refs["evaluate"])["inputs"][1] == refs["baseline_eval_score"].id
+
+
+def test_sft_masks_assistant_tokens_and_lowers_the_loss(tmp_path, tiny_policy):
+    demos = [{"prompt": f"What is {a} + {b}?", "response": str(a + b)} for a in range(4) for b in range(4)]
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+    path = write_prompts(tmp_path / "demos.jsonl", demos)
+    settings = sft.Settings(data=str(path), data_identity="x", lr=1e-2, epochs=12, examples_per_update=8, micro_batch=4,
+                            checkpoint_every=100, launcher={"kind": "inprocess"})
+    tok = build_tokenizer(600)
+    data, dropped = sft.examples(settings, tok)
+    assert len(data) == 16 and not dropped
+    ids, mask = data[3]
+    assert tok.decode([t for t, m in zip(ids, mask, strict=True) if m]) == "3<|im_end|>"
+    conv_path = write_prompts(tmp_path / "conv.jsonl", [{"messages": conv}])
+    multi = sft.Settings(**{**settings.model_dump(), "data": str(conv_path), "messages_column": "messages"})
+    turns, _ = sft.examples(multi, tok)
+    assert [tok.decode([t for t, m in zip(i, k, strict=True) if m]) for i, k in turns] == [
+        "Hello<|im_end|>", "4<|im_end|>"]
+    from rebelflow.artifacts import Store
+
+    store = Store(tmp_path / "store")
+    ref = sft.run(settings, external_model(tiny_policy), store=store)
+    summary = store.manifest(ref)["summary"]
+    assert summary["updates"] == 24 and summary["last loss"] < 0.5 * summary["first loss"]
