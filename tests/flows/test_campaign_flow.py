@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,8 +14,17 @@ from rebelflow.history import read_history
 from tests.conftest import make_config
 
 
-def statuses(records):
-    return {r["stage"]: r["status"] for r in records}
+ROUND0 = [(0, "tiny_model"), (0, "eval_prompts"), (0, "eval_generate"), (0, "eval_score")]
+ROUND1 = [(1, s) for s in ("prompts", "generate", "score", "prepare", "logprobs", "train", "eval_generate",
+                           "eval_score", "evaluate")]
+
+
+def statuses(result):
+    return {(r["round"], r["stage"]): r["status"] for r in result["records"]}
+
+
+def ran(result):
+    return sorted(key for key, status in statuses(result).items() if status == "ran")
 
 
 @pytest.fixture
@@ -24,12 +34,15 @@ def cfg(tmp_path, prompts_file):
 
 def test_second_run_is_fully_cached(cfg):
     first = campaign_flow(cfg)
-    assert statuses(first) == dict.fromkeys(["tiny_model", "prompts", "generate", "score", "prepare"], "ran")
+    assert list(statuses(first)) == ROUND0 + ROUND1 and set(statuses(first).values()) == {"ran"}
     second = campaign_flow(cfg)
     assert set(statuses(second).values()) == {"cached"}
-    assert [r["id"] for r in first] == [r["id"] for r in second]
-    index = json.loads((cfg.store.root and __import__("pathlib").Path(cfg.store.root) / "campaigns/test.json").read_text())
-    assert index["rounds"]["1"]["prepare"]["id"] == first[-1]["id"]
+    assert [r["id"] for r in first["records"]] == [r["id"] for r in second["records"]]
+    index = json.loads((Path(cfg.store.root) / "campaigns/test/index.json").read_text())
+    assert index["rounds"]["1"]["evaluate"]["id"] == first["records"][-1]["id"]
+    summary = json.loads((Path(cfg.store.root) / "campaigns/test/summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1] and summary["rounds"][0]["win_rate"] == 0.5
+    assert (Path(cfg.store.root) / "campaigns/test/summary.png").stat().st_size > 1000
 
 
 def test_cached_runs_still_publish_stage_summaries(tmp_path, prompts_file):
@@ -51,32 +64,39 @@ def test_cached_runs_still_publish_stage_summaries(tmp_path, prompts_file):
 def test_changing_a_prepare_setting_reruns_prepare_only(cfg, tmp_path, prompts_file):
     campaign_flow(cfg)
     changed = make_config(tmp_path, prompts_file, prepare={"max_response_tokens": 60})
-    assert statuses(campaign_flow(changed)) == {
-        "tiny_model": "cached", "prompts": "cached", "generate": "cached", "score": "cached", "prepare": "ran"}
+    assert ran(campaign_flow(changed)) == sorted(ROUND1[3:])  # prepare and everything after it
 
 
 def test_deleting_an_artifact_reruns_it_and_what_follows(cfg):
-    records = campaign_flow(cfg)
-    generate_id = next(r["id"] for r in records if r["stage"] == "generate")
+    result = campaign_flow(cfg)
+    generate_id = next(r["id"] for r in result["records"] if (r["round"], r["stage"]) == (1, "generate"))
     shutil.rmtree(f"{cfg.store.root}/artifacts/{generate_id}")
-    assert statuses(campaign_flow(cfg)) == {
-        "tiny_model": "cached", "prompts": "cached", "generate": "ran", "score": "ran", "prepare": "ran"}
+    assert ran(campaign_flow(cfg)) == sorted(ROUND1[1:])
 
 
 def test_a_corrupted_parquet_shard_is_detected_and_remade(cfg, caplog):
-    records = campaign_flow(cfg)
-    score_id = next(r["id"] for r in records if r["stage"] == "score")
-    shard = next((__import__("pathlib").Path(cfg.store.root) / "artifacts" / score_id / "data").glob("*.parquet"))
+    result = campaign_flow(cfg)
+    score_id = next(r["id"] for r in result["records"] if (r["round"], r["stage"]) == (1, "score"))
+    shard = next((Path(cfg.store.root) / "artifacts" / score_id / "data").glob("*.parquet"))
     shard.write_bytes(b"not parquet" + shard.read_bytes()[11:])
-    again = statuses(campaign_flow(cfg))
-    assert again["score"] == "ran" and again["prepare"] == "ran" and again["generate"] == "cached"
+    assert ran(campaign_flow(cfg)) == sorted(ROUND1[2:])
     assert f"artifact {score_id} is unusable" in caplog.text and "sha256" in caplog.text
+
+
+def test_changing_eta_reruns_training_evaluation_and_later_rounds_only(tmp_path, prompts_file):
+    cfg = make_config(tmp_path, prompts_file, rounds=2)
+    first = campaign_flow(cfg)
+    assert len(first["records"]) == 4 + 9 + 9
+    changed = campaign_flow(make_config(tmp_path, prompts_file, rounds=2, train={"eta": 3.0}))
+    round2 = [(2, stage) for _, stage in ROUND1[1:]]  # a new policy: all but the shared prompts
+    assert ran(changed) == sorted([*ROUND1[5:], *round2])
+    assert statuses(changed)[(2, "prompts")] == "cached"
 
 
 def test_a_stage_in_a_subprocess(tmp_path, prompts_file):
     cfg = make_config(tmp_path, prompts_file, generate={"launcher": {"kind": "subprocess"}})
-    records = campaign_flow(cfg)
-    gen = next(r for r in records if r["stage"] == "generate")
+    result = campaign_flow(cfg)
+    gen = next(r for r in result["records"] if (r["round"], r["stage"]) == (1, "generate"))
     log = (tmp_path / "store/logs" / f"{gen['id']}.log").read_text()
     assert "generate round 1:" in log
 
@@ -86,9 +106,10 @@ def test_a_broken_reward_fails_the_flow_with_a_data_error_and_keeps_earlier_stag
     cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:broken"})
     with pytest.raises(DataError, match="bad rule"):
         campaign_flow(cfg)
-    index = json.loads((tmp_path / "store/campaigns/test.json").read_text())
-    assert index["rounds"]["1"]["generate"]["state"] == "completed"
-    assert index["rounds"]["1"]["score"]["state"] == "failed"
+    index = json.loads((tmp_path / "store/campaigns/test/index.json").read_text())
+    # the baseline's evaluation is scored first (round 0), so the broken reward stops the campaign there
+    assert index["rounds"]["0"]["eval_generate"]["state"] == "completed"
+    assert index["rounds"]["0"]["eval_score"]["state"] == "failed"
 
 
 def test_cli_run_plan_and_history(tmp_path, prompts_file):
@@ -97,7 +118,7 @@ def test_cli_run_plan_and_history(tmp_path, prompts_file):
         f"campaign: cli-test\nprompts: {{source: {prompts_file}, id_column: id}}\n"
         "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
         "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
-        "generate: {n: 2, max_new_tokens: 6}\nprepare: {validation_pairs: 1}\n"
+        "generate: {n: 2, max_new_tokens: 6}\nprepare: {validation_pairs: 1}\nstop_after: prepare\n"
     )
     store = str(tmp_path / "store")
     runner = CliRunner()
@@ -124,7 +145,7 @@ def test_cli_rejects_an_empty_prompts_file_before_any_stage(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"campaign: bad\nprompts: {{source: {empty}}}\n"
                         "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
-                        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n")
+                        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\nstop_after: prepare\n")
     result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", str(tmp_path / "s")])
     assert result.exit_code == 2
     assert "input error: prompts file" in result.output and "is empty" in result.output
@@ -136,7 +157,7 @@ def test_cli_reports_a_failing_stage_in_one_message(tmp_path, prompts_file):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"campaign: bad\nprompts: {{source: {prompts_file}}}\n"
                         "reward: {backend: rule, function: rules.py:broken}\n"
-                        "generate: {n: 2, max_new_tokens: 4}\nprepare: {validation_pairs: 1}\n"
+                        "generate: {n: 2, max_new_tokens: 4}\nprepare: {validation_pairs: 1}\nstop_after: prepare\n"
                         "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n")
     result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", str(tmp_path / "s")])
     assert result.exit_code == 1
