@@ -1,4 +1,4 @@
-# make demo  — create .venv (if needed) and run the CPU demo campaign
+# make demo  — create .venv (if needed) and run the CPU demo campaign (3 REBEL rounds, about a minute)
 # make test  — create .venv (if needed) and run the default test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,6 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/rebelflow run configs/demo-rebel.yaml --store $(STORE)
-	$(VENV)/bin/rebelflow plan configs/demo-rebel.yaml --store $(STORE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not vllm and not deepspeed and not gpu"
@@ -32,6 +31,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/store_verify.py
+	$(PY) bench/train_padding.py
+	$(PY) bench/cached_rerun.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache
