@@ -13,7 +13,6 @@ from rebelflow.flows.campaign import campaign_flow
 from rebelflow.history import read_history
 from tests.conftest import make_config
 
-
 ROUND0 = [(0, "tiny_model"), (0, "eval_prompts"), (0, "eval_generate"), (0, "eval_score")]
 ROUND1 = [(1, s) for s in ("prompts", "generate", "score", "prepare", "logprobs", "train", "eval_generate",
                            "eval_score", "evaluate")]

@@ -20,7 +20,10 @@ def test_there_are_presets():
 def test_every_preset_loads_and_plans(preset):
     cfg = load_config(preset)
     jobs = campaign_jobs(cfg)
-    assert [j.stage for j in jobs if j.round == 1] == list(cfg.stages())
+    expected = [s for s in cfg.stages() if s != "evaluate"]
+    if "evaluate" in cfg.stages():
+        expected += ["eval_generate", "eval_score", "evaluate"]
+    assert [j.name for j in jobs if j.round == 1] == expected
     assert Path(cfg.prompts.source).is_absolute() or not cfg.prompts.is_local()
 
 
@@ -41,6 +44,16 @@ def test_set_override_unknown_path_lists_valid_keys():
         load_config(REPO / "configs/demo-rebel.yaml", ["generate.nn=3"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(REPO / "configs/demo-rebel.yaml", ["generate.n"])
+
+
+def test_more_rounds_need_training(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match="rounds: 2 needs each round's trained policy, but stop_after is 'prepare'"):
+        make_config(tmp_path, prompts_file, rounds=2, stop_after="prepare")
+
+
+def test_evaluation_needs_held_out_prompts(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match="evaluation needs held-out prompts: set evaluate.prompts"):
+        make_config(tmp_path, prompts_file, evaluate={"prompts": None})
 
 
 def test_cross_field_validation_pairs_below_per_round(tmp_path, prompts_file):
@@ -88,8 +101,9 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path, prompts_file):
 
 
 def test_cli_config_error_exits_2_before_any_stage(tmp_path):
-    result = CliRunner().invoke(app, ["run", str(REPO / "configs/demo-rebel.yaml"), "--set", "rounds=2",
+    result = CliRunner().invoke(app, ["run", str(REPO / "configs/demo-rebel.yaml"), "--set", "train.micro_batch_pairs=7",
                                       "--store", str(tmp_path / "s")])
     assert result.exit_code == 2
-    assert "rounds: 2 needs each round's trained policy" in result.output
+    assert "micro_batch_pairs (7) must divide pairs_per_update (32)" in result.output
+    assert "Set micro_batch_pairs to a divisor of 32" in result.output
     assert not (tmp_path / "s").exists()
