@@ -73,3 +73,8 @@ def tokenize_reply(tokenizer: Any, context: list[Message], reply: str) -> tuple[
         )
     tail = tail[: end + 1]
     return head + tail, [0] * len(head) + [1] * len(tail), len(head)
+
+
+def turn_positions(messages: list[Message], role: str) -> list[int]:
+    """Indices of the messages of `role`; the t-th is turn t (0-based). System messages are not turns."""
+    return [i for i, m in enumerate(messages) if m["role"] == role]

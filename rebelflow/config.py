@@ -226,6 +226,58 @@ class SFTConfig(Section):
         return self
 
 
+DEFAULT_USER_TEMPLATE = (
+    "You are playing the user in a conversation with an AI assistant. Here is the conversation so far:\n\n"
+    "{transcript}\n\n"
+    "Continue as the user would: first write one line that says why you ask what you ask next, then a line "
+    "that starts with 'Question:' followed by your next message to the assistant."
+)
+
+
+class UserConfig(Section):
+    """The simulated user of a multi-turn campaign. Its tokens are never trained on."""
+
+    kind: Literal["scripted", "llm", "dataset"] = "scripted"
+    function: str | None = Field(None, description="scripted: module:function(messages) -> next user message")
+    model: str | None = Field(None, description="llm: a local folder or Hub id of a chat model")
+    revision: str | None = None
+    engine: Literal["hf"] = "hf"
+    template: str = Field(DEFAULT_USER_TEMPLATE, description="llm: must contain {transcript}")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, ge=1)
+    seed: int = 0
+    dtype: DTYPE = "float32"
+    turns_column: str | None = Field(None, description="dataset: the prompts column holding the later user turns")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> UserConfig:
+        needed = {"scripted": ("function", "module:function(messages) -> str"),
+                  "llm": ("model", "a local folder or Hub id of the user model"),
+                  "dataset": ("turns_column", "the prompts column with the later user turns")}[self.kind]
+        if getattr(self, needed[0]) is None:
+            raise ValueError(f"user kind '{self.kind}' needs {needed[0]}: {needed[1]}.")
+        if self.kind == "llm" and "{transcript}" not in self.template:
+            raise ValueError("the user template must contain {transcript}, where the conversation goes.")
+        return self
+
+
+class DialogueConfig(Section):
+    """Multi-turn (REFUEL) campaigns: set this section; without it a campaign is single-turn REBEL."""
+
+    turns: int = Field(5, ge=1, description="assistant replies per dialogue (H)")
+    horizon: Literal["uniform"] | int = Field("uniform", description="L: uniform over 0..turns-1, or fixed")
+    branch: Literal["uniform", "last"] = Field("uniform", description="h: uniform over 0..L, or h = L")
+    seed: int = 0
+    user: UserConfig
+
+    @model_validator(mode="after")
+    def _horizon(self) -> DialogueConfig:
+        if isinstance(self.horizon, int) and not 0 <= self.horizon < self.turns:
+            raise ValueError(f"horizon ({self.horizon}) must be 'uniform' or a turn index 0..{self.turns - 1}.")
+        return self
+
+
 class StoreConfig(Section):
     root: str = "rebelflow-store"
 
@@ -235,6 +287,7 @@ class RunConfig(Section):
     rounds: int = Field(1, ge=1)
     stop_after: Literal["generate", "score", "prepare", "logprobs", "train", "evaluate"] = "evaluate"
     policy: PolicyConfig = PolicyConfig()
+    dialogue: DialogueConfig | None = None
     sft: SFTConfig | None = None
     prompts: PromptsConfig
     reward: RewardConfig

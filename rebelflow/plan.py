@@ -9,6 +9,8 @@ three agree on what an artifact's fingerprint is. A campaign is:
               → eval_generate → eval_score (the new policy) → evaluate (new against baseline)
 
 Round k's trained policy is round k+1's policy; the starting policy stays the evaluation baseline.
+With a `dialogue` section (REFUEL) generate, score, prepare and evaluate are their multi-turn versions
+(generate_dialogues, …) under the same job names; logprobs and train are the same.
 """
 
 from __future__ import annotations
@@ -22,15 +24,20 @@ from rebelflow.rewards import reward_identity
 from rebelflow.stages import (
     StageJob,
     evaluate,
+    evaluate_dialogues,
     generate,
+    generate_dialogues,
     logprobs,
     prepare,
+    prepare_dialogues,
     prompts,
     score,
+    score_dialogues,
     sft,
     tiny_model,
     train,
 )
+from rebelflow.users import user_identity
 
 
 @dataclass
@@ -55,7 +62,8 @@ def baseline(cfg: RunConfig) -> Baseline:
         out.jobs.append(stages.make_job(sft, 0, settings, [out.policy], cfg.sft.launcher))
         out.policy = out.jobs[-1].ref
     if "evaluate" in cfg.stages():
-        job = stages.make_job(prompts, 0, prompts.Settings.from_config(cfg.evaluate.prompts, 1), [], name="eval_prompts")
+        settings = prompts.Settings.from_config(cfg.evaluate.prompts, 1, _turns_column(cfg))
+        job = stages.make_job(prompts, 0, settings, [], name="eval_prompts")
         out.jobs.append(job)
         out.eval_prompts = job.ref
         out.jobs += _eval_samples(cfg, 0, out.eval_prompts, out.policy)
@@ -66,18 +74,21 @@ def baseline(cfg: RunConfig) -> Baseline:
 def round_jobs(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> list[StageJob]:
     """Round k's stages in order, up to `stop_after`, starting from `policy`."""
     wanted = cfg.stages()
-    jobs = [stages.make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k), [])]
+    jobs = [stages.make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k, _turns_column(cfg)), [])]
 
     def add(module, settings, inputs, launcher=None, name=None) -> None:
         if (name or module.NAME) in wanted:
             jobs.append(stages.make_job(module, k, settings, inputs, launcher, name=name))
 
-    add(generate, generate.Settings(**cfg.generate.model_dump()), [jobs[-1].ref, policy], cfg.generate.launcher)
-    score_settings = score.Settings(
-        reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size
-    )
-    add(score, score_settings, [jobs[-1].ref], cfg.score.launcher)
-    add(prepare, prepare.Settings(**cfg.prepare.model_dump()), [jobs[-1].ref, policy], cfg.prepare.launcher)
+    multi = cfg.dialogue is not None
+    if multi:
+        add(generate_dialogues, _dialogue_settings(cfg, cfg.generate, True), [jobs[-1].ref, policy],
+            cfg.generate.launcher, name="generate")
+    else:
+        add(generate, generate.Settings(**cfg.generate.model_dump()), [jobs[-1].ref, policy], cfg.generate.launcher)
+    add(score_dialogues if multi else score, _score_settings(cfg), [jobs[-1].ref], cfg.score.launcher, name="score")
+    add(prepare_dialogues if multi else prepare, prepare.Settings(**cfg.prepare.model_dump()), [jobs[-1].ref, policy],
+        cfg.prepare.launcher, name="prepare")
     if "logprobs" in wanted:  # the hardware fingerprint is only worth computing when needed
         add(logprobs, _logprobs_settings(cfg), [jobs[-1].ref, policy], cfg.logprobs.launcher)
     train_settings = train.Settings(
@@ -88,7 +99,8 @@ def round_jobs(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> l
     add(train, train_settings, [jobs[-1].ref, policy], cfg.train.launcher)
     if "evaluate" in wanted:
         jobs += _eval_samples(cfg, k, base.eval_prompts, jobs[-1].ref)
-        add(evaluate, evaluate.Settings(), [jobs[-1].ref, base.eval_scored])
+        add(evaluate_dialogues if multi else evaluate, evaluate.Settings(), [jobs[-1].ref, base.eval_scored],
+            name="evaluate")
     return jobs
 
 
@@ -108,17 +120,40 @@ def campaign_jobs(cfg: RunConfig) -> list[StageJob]:
 
 
 def _eval_samples(cfg: RunConfig, k: int, eval_prompts: ArtifactRef, policy: ArtifactRef) -> list[StageJob]:
-    """Sample and score `policy` on the held-out prompts with the evaluation settings (same seeds always)."""
+    """Sample and score `policy` on the held-out prompts with the evaluation settings (same seeds always);
+    for dialogues, one unbranched dialogue per prompt with the same simulated user."""
     e = cfg.evaluate
-    settings = generate.Settings(
-        engine=cfg.generate.engine, n=e.n, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
-        seed=e.seed, batch_size=e.batch_size, shard_size=cfg.generate.shard_size, dtype=cfg.generate.dtype,
+    if cfg.dialogue is not None:
+        module, settings = generate_dialogues, _dialogue_settings(cfg, e, False)
+    else:
+        module, settings = generate, generate.Settings(
+            engine=cfg.generate.engine, n=e.n, temperature=e.temperature, top_p=e.top_p,
+            max_new_tokens=e.max_new_tokens, seed=e.seed, batch_size=e.batch_size,
+            shard_size=cfg.generate.shard_size, dtype=cfg.generate.dtype,
+        )
+    gen = stages.make_job(module, k, settings, [eval_prompts, policy], e.launcher, name="eval_generate")
+    scorer = score_dialogues if cfg.dialogue is not None else score
+    return [gen, stages.make_job(scorer, k, _score_settings(cfg), [gen.ref], cfg.score.launcher, name="eval_score")]
+
+
+def _score_settings(cfg: RunConfig) -> score.Settings:
+    return score.Settings(reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size)
+
+
+def _dialogue_settings(cfg: RunConfig, sampling, branching: bool) -> generate_dialogues.Settings:
+    """Multi-turn generation settings from the dialogue section and a sampling section (generate or evaluate)."""
+    d = cfg.dialogue
+    return generate_dialogues.Settings(
+        engine=cfg.generate.engine, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, seed=sampling.seed, batch_size=sampling.batch_size,
+        shard_size=cfg.generate.shard_size, dtype=cfg.generate.dtype, turns=d.turns, horizon=d.horizon,
+        branch=d.branch, dialogue_seed=d.seed, branching=branching, user=d.user, user_identity=user_identity(d.user),
     )
-    gen = stages.make_job(generate, k, settings, [eval_prompts, policy], e.launcher, name="eval_generate")
-    score_settings = score.Settings(
-        reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size
-    )
-    return [gen, stages.make_job(score, k, score_settings, [gen.ref], cfg.score.launcher, name="eval_score")]
+
+
+def _turns_column(cfg: RunConfig) -> str | None:
+    user = cfg.dialogue.user if cfg.dialogue is not None else None
+    return user.turns_column if user is not None and user.kind == "dataset" else None
 
 
 def _logprobs_settings(cfg: RunConfig) -> logprobs.Settings:
@@ -158,10 +193,10 @@ def plan_status(cfg: RunConfig) -> list[dict]:
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the data but no model: every round's prompt slice exists and is usable, and so
     do the evaluation prompts. Raises DataError before any stage starts (reads each source once)."""
-    first = prompts.Settings.from_config(cfg.prompts, 1)
+    first = prompts.Settings.from_config(cfg.prompts, 1, _turns_column(cfg))
     rows = prompts.load_rows(first)
     for k in range(1, cfg.rounds + 1):
-        prompts.select(prompts.Settings.from_config(cfg.prompts, k), rows)
+        prompts.select(prompts.Settings.from_config(cfg.prompts, k, _turns_column(cfg)), rows)
     if "evaluate" in cfg.stages():
-        held_out = prompts.Settings.from_config(cfg.evaluate.prompts, 1)
+        held_out = prompts.Settings.from_config(cfg.evaluate.prompts, 1, _turns_column(cfg))
         prompts.select(held_out, prompts.load_rows(held_out))

@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from rebelflow.artifacts import ArtifactRef, Store, _write_json_atomic
-from rebelflow.stages.evaluate import compare, summarise
+from rebelflow.stages import evaluate, evaluate_dialogues
 
 
 def campaign_summary(
-    store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]]
+    store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]],
+    dialogues: bool = False,
 ) -> dict[str, Any]:
     """Write summary.json and summary.png; returns the summary."""
     base_rows = store.read_rows(baseline_scored)
-    rows, skipped = compare(base_rows, base_rows)
-    rounds = [_entry(0, summarise(rows, skipped), baseline_scored)]
+    if dialogues:
+        start = evaluate_dialogues.summarise(evaluate_dialogues.compare(base_rows, base_rows))
+    else:
+        start = evaluate.summarise(*evaluate.compare(base_rows, base_rows))
+    rounds = [_entry(0, start, baseline_scored)]
     for k, ref in evaluations:
         rounds.append(_entry(k, store.manifest(ref)["summary"], ref))
     summary = {"campaign": campaign, "rounds": rounds}
@@ -30,14 +34,17 @@ def campaign_summary(
 
 
 def _entry(k: int, s: dict[str, Any], ref: ArtifactRef) -> dict[str, Any]:
-    return {
+    entry = {
         "round": k,
         "reward_mean": s["reward_mean"],
         "baseline_reward_mean": s["baseline_reward_mean"],
         "win_rate": s["win_rate"],
-        "mean_tokens": s["mean new tokens"],
+        "mean_tokens": s.get("mean new tokens"),
         "artifact": ref.id,
     }
+    if "win_rate_by_turn" in s:  # multi-turn: REFUEL's per-turn table (turns 1..H); win_rate is their mean
+        entry["win_rate_by_turn"] = s["win_rate_by_turn"]
+    return entry
 
 
 def plot(rounds: list[dict[str, Any]], path: Path, title: str) -> None:

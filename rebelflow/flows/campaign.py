@@ -29,6 +29,8 @@ def campaign_flow(cfg: RunConfig) -> dict[str, Any]:
         policy = out["policy"]
         if out["evaluation"] is not None:
             evaluations.append((k, out["evaluation"]))
-    summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations) if base.eval_scored else None
+    summary = None
+    if base.eval_scored is not None:
+        summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations, cfg.dialogue is not None)
     publish_campaign(cfg.campaign, records, summary, store)
     return {"records": records, "summary": summary, "policy": policy}

@@ -50,7 +50,7 @@ def load_reward(cfg: RewardConfig) -> RewardBackend:
 def reward_identity(cfg: RewardConfig) -> str:
     """What names the reward's behaviour: the rule's source file hash, or the classifier's files."""
     if cfg.backend == "rule":
-        from rebelflow.rewards.rule import source_hash
+        from rebelflow.callables import source_hash
 
         return source_hash(cfg.function)
     return model_identity(cfg.model, cfg.revision)

@@ -23,3 +23,14 @@ def addition(messages: list[dict[str, str]], response: str) -> float:
     if not found:
         return 0.0
     return 0.5 * max(0.0, 1.0 - abs(int(found.group()) - (a + b)) / 5)
+
+
+def addition_dialogue(messages: list[dict[str, str]], response: str) -> float:
+    """Reward of a dialogue prefix ending with `response`: the mean `addition` reward of every assistant
+    reply so far. The reward at a later turn therefore depends on the earlier replies too, so REFUEL's
+    future reward credits the branch turn."""
+    conversation = [*messages, {"role": "assistant", "content": response}]
+    scores = [
+        addition(conversation[:i], m["content"]) for i, m in enumerate(conversation) if m["role"] == "assistant"
+    ]
+    return sum(scores) / len(scores)

@@ -22,7 +22,10 @@ from rebelflow.artifacts import ArtifactRef, Store, fingerprint
 from rebelflow.config import LauncherConfig
 from rebelflow.errors import RebelflowError
 
-STAGE_MODULES = ("tiny_model", "prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate", "sft")
+STAGE_MODULES = (
+    "tiny_model", "prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate", "sft",
+    "generate_dialogues", "score_dialogues", "prepare_dialogues", "evaluate_dialogues",
+)
 ERROR_PREFIX = "rebelflow-error:"
 
 
@@ -118,7 +121,7 @@ def _job_from_config(name: str, args: argparse.Namespace) -> tuple[StageJob, Sto
         raise DataError("give a campaign config (or --job FILE).")
     cfg = load_config(args.config, args.set, store=args.store)
     store = Store(cfg.store.root)
-    jobs = [j for j in campaign_jobs(cfg) if j.name == name and j.round in (args.round, 0)]
+    jobs = [j for j in campaign_jobs(cfg) if name in (j.name, j.stage) and j.round in (args.round, 0)]
     if not jobs:
         raise DataError(f"the config has no {name} stage in round {args.round}.")
     missing = [r.id for r in jobs[0].inputs if not store.is_complete(r)]

@@ -24,9 +24,11 @@ from rebelflow.artifacts import ArtifactRef, Store, model_identity, sha256_file
 from rebelflow.config import PromptsConfig, Section
 from rebelflow.errors import DataError
 
-NAME, VERSION, KIND = "prompts", 1, "dataset"
+NAME, VERSION, KIND = "prompts", 2, "dataset"
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-SCHEMA = pa.schema([("prompt_id", pa.string()), ("messages", MESSAGES), ("source_row", pa.int64())])
+SCHEMA = pa.schema(
+    [("prompt_id", pa.string()), ("messages", MESSAGES), ("source_row", pa.int64()), ("user_turns", pa.list_(pa.string()))]
+)
 ROLES = {"system", "user", "assistant"}
 
 
@@ -44,14 +46,17 @@ class Settings(Section):
     shuffle_seed: int | None
     start: int
     stop: int | None
+    user_turns_column: str | None = None  # dataset users: the later user turns of each dialogue
 
     @classmethod
-    def from_config(cls, cfg: PromptsConfig, round_k: int) -> Settings:
+    def from_config(cls, cfg: PromptsConfig, round_k: int, user_turns_column: str | None = None) -> Settings:
         start, stop = 0, cfg.per_round
         if cfg.selection == "disjoint":
             start, stop = (round_k - 1) * cfg.per_round, round_k * cfg.per_round
         fields = cfg.model_dump(exclude={"per_round", "selection"})
-        return cls(**fields, source_identity=source_identity(cfg), start=start, stop=stop)
+        return cls(
+            **fields, source_identity=source_identity(cfg), start=start, stop=stop, user_turns_column=user_turns_column
+        )
 
 
 def source_identity(cfg: PromptsConfig) -> str:
@@ -94,7 +99,8 @@ def require_columns(ds, source: str, wanted: dict[str, str | None]) -> None:
 def load_rows(s: Settings) -> list[dict[str, Any]]:
     ds = read_dataset(s.source, s.split, s.revision, what="prompts file")
     require_columns(ds, f"prompts {s.source}", {"prompts.prompt_column": s.prompt_column,
-                                                "prompts.messages_column": s.messages_column})
+                                                "prompts.messages_column": s.messages_column,
+                                                "dialogue.user.turns_column": s.user_turns_column})
     return ds.to_list()
 
 
@@ -134,7 +140,8 @@ def select(s: Settings, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
             dropped[reason] += 1
             continue
         seen.add(pid)
-        kept.append({"prompt_id": pid, "messages": messages, "source_row": i})
+        turns = [str(t) for t in row.get(s.user_turns_column) or []] if s.user_turns_column else []
+        kept.append({"prompt_id": pid, "messages": messages, "source_row": i, "user_turns": turns})
     if not kept:
         raise DataError(
             f"no usable prompt in {s.source} ({len(rows)} rows; dropped: {dict(dropped)}). Check "

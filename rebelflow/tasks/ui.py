@@ -64,11 +64,11 @@ def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict
     lines = [
         f"### campaign {campaign}",
         "",
-        "| round | policy reward | baseline reward | win rate vs baseline | mean tokens |",
+        "| round | policy reward | baseline reward | win rate vs baseline | win rate by turn |",
         "|---|---|---|---|---|",
         *(
             f"| {r['round']} | {r['reward_mean']:.4f} | {r['baseline_reward_mean']:.4f} | {r['win_rate']:.3f} | "
-            f"{r['mean_tokens']:.1f} |"
+            f"{' · '.join(f'{w:.2f}' for w in r.get('win_rate_by_turn') or [] if w is not None) or '–'} |"
             for r in summary["rounds"]
         ),
         "",

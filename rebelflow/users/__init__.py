@@ -1,2 +1,65 @@
-"""Simulated users for REFUEL's multi-turn dialogues (llm, dataset, scripted). Not in this release:
-the package exists so the layout matches DESIGN.md; the multi-turn issue fills it."""
+"""Simulated users for multi-turn (REFUEL) campaigns, behind one interface, chosen by `dialogue.user.kind`:
+
+- `scripted`: a Python callable `module:function(messages) -> str` (tests, synthetic tasks);
+- `llm`: a chat model that reads the transcript as plain text inside one user message and answers with a
+  justification line and a `Question:` line; the text after the last `Question:` is the next user turn;
+- `dataset`: user turns fixed by the data (a prompts column holding the later user messages).
+
+A user that fails (raises, returns nothing) marks that dialogue invalid with the reason. Simulated-user
+tokens are never trained on: the prepare stage masks only the policy's reply at the branch turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from rebelflow.config import UserConfig
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class UserRequest:
+    messages: list[Message]  # the dialogue so far, ending with an assistant reply
+    turn: int  # index of the user turn to write (1 = the first one after the prompt)
+    data_turns: list[str] | None = None  # dataset users: the row's later user turns
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    text: str | None
+    invalid_reason: str | None = None
+
+
+class SimulatedUser(Protocol):
+    def next_turns(self, requests: list[UserRequest], seed: int) -> list[UserTurn]:
+        """The next user message of every dialogue, in one batched call."""
+        ...
+
+
+def load_user(cfg: UserConfig) -> SimulatedUser:
+    if cfg.kind == "scripted":
+        from rebelflow.users.scripted import ScriptedUser
+
+        return ScriptedUser(cfg.function)
+    if cfg.kind == "llm":
+        from rebelflow.users.llm import LLMUser
+
+        return LLMUser(cfg)
+    from rebelflow.users.dataset import DatasetUser
+
+    return DatasetUser()
+
+
+def user_identity(cfg: UserConfig) -> str:
+    """What determines the user's behaviour, for fingerprints."""
+    if cfg.kind == "scripted":
+        from rebelflow.callables import source_hash
+
+        return source_hash(cfg.function, "dialogue.user.function")
+    if cfg.kind == "llm":
+        from rebelflow.artifacts import model_identity
+
+        return model_identity(cfg.model, cfg.revision)
+    return f"dataset:{cfg.turns_column}"

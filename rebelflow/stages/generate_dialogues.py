@@ -1,0 +1,173 @@
+"""generate_dialogues: multi-turn rollouts with a simulated user, REFUEL style.
+
+Consumes a prompts artifact and the policy; produces one row per prompt: `horizon` L and `branch_turn` h
+(0-based, drawn per prompt from a seeded distribution: L uniform over 0..turns-1, h uniform over 0..L),
+`rollout1` (a full dialogue of `turns` assistant replies, user turns from the simulated user),
+`rollout2` (rollout 1's messages up to and including the user message of turn h, then new replies from
+turn h through turn L), finish reasons per reply and `invalid_reason` (a failed user turn).
+With `branching: false` (evaluation) only rollout 1 is made.
+
+All dialogues advance together, turn by turn: every pending policy reply of the shard in one engine call,
+then every pending user turn in one call. Replies of turn t are sampled with seed + 50*t; rollout 2's
+replies are other rows of the same calls, so they draw other random numbers than rollout 1's.
+Written in shards of `shard_size` prompts; an interrupted run resumes after the last finished shard.
+
+Run alone: python -m rebelflow.stages.generate_dialogues configs/demo-refuel.yaml --round 1
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from rebelflow import stages
+from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.config import DTYPE, LauncherConfig, Section, UserConfig
+from rebelflow.engines import SamplingParams, load_engine
+from rebelflow.stages.prompts import MESSAGES
+from rebelflow.users import UserRequest, load_user
+
+NAME, VERSION, KIND = "generate_dialogues", 1, "dataset"
+SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("horizon", pa.int32()),
+        ("branch_turn", pa.int32()),
+        ("rollout1", MESSAGES),
+        ("rollout2", MESSAGES),
+        ("finish1", pa.list_(pa.string())),
+        ("finish2", pa.list_(pa.string())),
+        ("invalid_reason", pa.string()),
+    ]
+)
+
+
+class Settings(Section):
+    UNHASHED: ClassVar[set[str]] = {"launcher"}
+
+    engine: str
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    batch_size: int
+    shard_size: int
+    dtype: DTYPE
+    turns: int
+    horizon: str | int
+    branch: str
+    dialogue_seed: int
+    branching: bool
+    user: UserConfig
+    user_identity: str
+    launcher: LauncherConfig = LauncherConfig()
+
+
+def draw_branch(s: Settings, prompt_id: str) -> tuple[int, int]:
+    """(L, h) for one prompt: seeded by the prompt id, so batching and sharding never change it."""
+    rng = random.Random(f"{s.dialogue_seed}:{prompt_id}")
+    horizon = rng.randrange(s.turns) if s.horizon == "uniform" else int(s.horizon)
+    branch = rng.randint(0, horizon) if s.branch == "uniform" else horizon
+    return horizon, branch
+
+
+@dataclass
+class Rollout:
+    row: int
+    which: int  # 1 or 2
+    messages: list[dict[str, str]]
+    target: int  # assistant replies to write
+    finish: list[str] = field(default_factory=list)
+    invalid: str | None = None
+
+    @property
+    def replies(self) -> int:
+        return len(self.finish)
+
+
+def rollout(s: Settings, rows: list[dict], engine, user) -> list[dict]:
+    """Turn-batched dialogues for `rows` (prompts rows); returns output rows in the same order."""
+    branches = [draw_branch(s, r["prompt_id"]) for r in rows]
+    first = [Rollout(i, 1, list(r["messages"]), s.turns) for i, r in enumerate(rows)]
+    second: dict[int, Rollout] = {}
+    for t in range(s.turns):
+        for i, (horizon, h) in enumerate(branches):
+            if s.branching and h == t and first[i].invalid is None:
+                second[i] = Rollout(i, 2, list(first[i].messages), horizon + 1, finish=list(first[i].finish))
+        pending = [d for d in [*first, *second.values()] if d.invalid is None and d.replies < d.target]
+        params = SamplingParams(1, s.temperature, s.top_p, s.max_new_tokens, s.seed + 50 * t)
+        for start in range(0, len(pending), s.batch_size):
+            batch = pending[start : start + s.batch_size]
+            for d, comps in zip(batch, engine.generate([d.messages for d in batch], params), strict=True):
+                d.messages.append({"role": "assistant", "content": comps[0].text})
+                d.finish.append(comps[0].finish_reason)
+        asking = [d for d in pending if d.replies < d.target]
+        requests = [UserRequest(d.messages, d.replies, rows[d.row].get("user_turns")) for d in asking]
+        for d, turn in zip(asking, user.next_turns(requests, s.user.seed + 50 * t) if requests else [], strict=True):
+            if turn.text is None:
+                d.invalid = turn.invalid_reason
+            else:
+                d.messages.append({"role": "user", "content": turn.text})
+    out = []
+    for i, r in enumerate(rows):
+        other = second.get(i)
+        reasons = [d.invalid for d in (first[i], other) if d is not None and d.invalid]
+        out.append({
+            "prompt_id": r["prompt_id"],
+            "messages": r["messages"],
+            "horizon": branches[i][0],
+            "branch_turn": branches[i][1],
+            "rollout1": first[i].messages,
+            "rollout2": other.messages if other else [],
+            "finish1": first[i].finish,
+            "finish2": other.finish if other else [],
+            "invalid_reason": reasons[0] if reasons else None,
+        })
+    return out
+
+
+def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
+    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
+    if store.is_complete(ref, quarantine=True):
+        return ref
+    rows = store.read_rows(prompts)
+    engine = user = None
+    with store.writer(ref, VERSION, stages.hashed_settings(settings), [prompts, policy]) as w:
+        starts = range(0, len(rows), settings.shard_size)
+        bar = tqdm(total=len(rows), desc=f"dialogues ×{settings.turns} turns", unit="dialogue")
+        for index, start in enumerate(starts):
+            chunk = rows[start : start + settings.shard_size]
+            if not w.has_shard("train", index):
+                engine = engine or load_engine(settings.engine, store.model_path(policy), settings.dtype, policy.revision)
+                user = user or load_user(settings.user)
+                w.write_shard("train", index, rollout(settings, chunk, engine, user), SCHEMA)
+            bar.update(len(chunk))
+        bar.close()
+        done = pa.concat_tables(w.read_shard("train", i) for i in range(len(starts))).to_pylist()
+        w.finish(summary=_summary(done), card="Multi-turn dialogues with a simulated user; rollout 2 branches at turn h.")
+    return ref
+
+
+def _summary(rows: list[dict]) -> dict:
+    invalid = [r["invalid_reason"] for r in rows if r["invalid_reason"]]
+    return {
+        "dialogues": len(rows),
+        "invalid": len(invalid),
+        "first invalid reason": invalid[0] if invalid else None,
+        "mean horizon L": round(sum(r["horizon"] for r in rows) / len(rows), 3),
+        "mean branch turn h": round(sum(r["branch_turn"] for r in rows) / len(rows), 3),
+        "sample": [
+            {"prompt_id": r["prompt_id"], "L": r["horizon"], "h": r["branch_turn"],
+             "rollout1": " | ".join(f"{m['role']}: {m['content']}" for m in r["rollout1"])}
+            for r in rows[:5]
+        ],
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(stages.main(NAME))
