@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/store_verify.py
 	$(PY) bench/train_padding.py
 	$(PY) bench/cached_rerun.py
+	$(PY) bench/dialogue_batching.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache

@@ -162,3 +162,21 @@ def test_cli_reports_a_failing_stage_in_one_message(tmp_path, prompts_file):
     assert result.exit_code == 1
     assert "DataError: the reward was invalid for all 24 responses" in result.output
     assert "run the same command again" in result.output
+
+
+def test_a_multi_turn_campaign_end_to_end(tmp_path):
+    from tests.conftest import write_prompts
+
+    sums = write_prompts(tmp_path / "sums.jsonl", [{"id": f"s{i}", "prompt": f"What is {i % 10} + {i // 3}?"}
+                                                   for i in range(12)])
+    user = {"kind": "scripted", "function": "rebelflow.users.examples:addition_quiz"}
+    cfg = make_config(tmp_path, sums, campaign="multi", dialogue={"turns": 2, "user": user},
+                      reward={"function": "rebelflow.rewards.examples:addition_dialogue"})
+    first = campaign_flow(cfg)
+    stages_run = [r["id"].rsplit("-", 1)[0] for r in first["records"] if r["round"] == 1]
+    assert stages_run == ["prompts", "generate_dialogues", "score_dialogues", "prepare_dialogues", "logprobs",
+                          "train", "generate_dialogues", "score_dialogues", "evaluate_dialogues"]
+    summary = json.loads((Path(cfg.store.root) / "campaigns/multi/summary.json").read_text())
+    assert [len(r["win_rate_by_turn"]) for r in summary["rounds"]] == [2, 2]
+    assert summary["rounds"][0]["win_rate_by_turn"] == [0.5, 0.5]
+    assert set(statuses(campaign_flow(cfg)).values()) == {"cached"}

@@ -1,0 +1,172 @@
+"""Multi-turn (REFUEL) generation, scoring and pairing."""
+
+import math
+from collections import Counter
+
+import pytest
+
+from rebelflow.chat import turn_positions
+from rebelflow.config import UserConfig
+from rebelflow.engines import Completion
+from rebelflow.stages import generate_dialogues, prepare_dialogues, score_dialogues
+from rebelflow.users import UserRequest, load_user
+from rebelflow.users.llm import parse_reply, render_transcript
+from tests.unit.test_chat import llama3  # noqa: F401  (fixture)
+
+USER = UserConfig(kind="scripted", function="rebelflow.users.examples:addition_quiz")
+
+
+def settings(**changes) -> generate_dialogues.Settings:
+    base = dict(engine="hf", temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0, batch_size=64, shard_size=4,
+                dtype="float32", turns=4, horizon="uniform", branch="uniform", dialogue_seed=0, branching=True,
+                user=USER, user_identity="x")
+    return generate_dialogues.Settings(**{**base, **changes})
+
+
+class CountingEngine:
+    """Answers 'r<call>-<row>' and records the size of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, params):
+        self.calls.append(len(prompts))
+        return [[Completion(f"r{len(self.calls)}-{i}", [1, 2], "stop", params.seed)] for i in range(len(prompts))]
+
+
+def prompt_rows(n: int) -> list[dict]:
+    return [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"What is {i % 10} + 1?"}],
+             "user_turns": []} for i in range(n)]
+
+
+def test_branch_draws_follow_refuel_and_are_seeded_per_prompt():
+    s = settings()
+    draws = [generate_dialogues.draw_branch(s, f"p{i}") for i in range(4000)]
+    horizons = Counter(h for h, _ in draws)
+    assert set(horizons) == {0, 1, 2, 3} and min(horizons.values()) > 850  # L ~ U{0..3}
+    given_3 = Counter(b for h, b in draws if h == 3)
+    assert set(given_3) == {0, 1, 2, 3} and min(given_3.values()) > 180  # h ~ U{0..L}
+    assert all(b <= h for h, b in draws)
+    assert draws[:50] == [generate_dialogues.draw_branch(s, f"p{i}") for i in range(50)]
+    assert draws[:50] != [generate_dialogues.draw_branch(settings(dialogue_seed=1), f"p{i}") for i in range(50)]
+    assert {generate_dialogues.draw_branch(settings(branch="last", horizon=2), "p") } == {(2, 2)}
+
+
+def test_rollout_two_shares_exactly_the_prefix_and_turns_are_batched():
+    s = settings()
+    engine, user = CountingEngine(), load_user(USER)
+    rows = generate_dialogues.rollout(s, prompt_rows(12), engine, user)
+    assert len(engine.calls) == 4  # one engine call per turn, never one per dialogue
+    for r in rows:
+        horizon, h = r["horizon"], r["branch_turn"]
+        one, two = r["rollout1"], r["rollout2"]
+        assert len(turn_positions(one, "assistant")) == 4 and len(turn_positions(two, "assistant")) == horizon + 1
+        cut = turn_positions(one, "user")[h] + 1
+        assert two[:cut] == one[:cut]  # everything up to and including user turn h
+        assert two[cut]["content"] != one[cut]["content"]  # turn h is sampled again
+        assert r["finish1"] == ["stop"] * 4 and len(r["finish2"]) == horizon + 1 and r["invalid_reason"] is None
+
+
+def test_unbranched_dialogues_for_evaluation():
+    rows = generate_dialogues.rollout(settings(branching=False), prompt_rows(3), CountingEngine(), load_user(USER))
+    assert all(r["rollout2"] == [] and len(turn_positions(r["rollout1"], "assistant")) == 4 for r in rows)
+
+
+def test_user_reply_parser():
+    assert parse_reply("I want more.\nQuestion: What about dogs?").text == "What about dogs?"
+    assert parse_reply("Question: a\nQuestion: b ").text == "b"  # the last one
+    assert parse_reply("Just tell me more.").text == "Just tell me more."  # fallback: the whole output
+    assert parse_reply("  ").invalid_reason == "the user model wrote nothing"
+    assert parse_reply("why\nQuestion:   ").invalid_reason == "the user model wrote nothing after 'Question:'"
+    assert render_transcript([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": "yo"}]) == "### user: hi\n### assistant: yo"
+
+
+def test_failing_users_mark_the_dialogue_invalid(tmp_path):
+    (tmp_path / "u.py").write_text("def ask(messages):\n    raise KeyError('no more')\n")
+    broken = UserConfig(kind="scripted", function=f"{tmp_path / 'u.py'}:ask")
+    rows = generate_dialogues.rollout(settings(user=broken), prompt_rows(2), CountingEngine(), load_user(broken))
+    assert all("raised KeyError" in r["invalid_reason"] for r in rows)
+    data_user = load_user(UserConfig(kind="dataset", turns_column="more"))
+    turns = data_user.next_turns([UserRequest([], 1, ["second"]), UserRequest([], 2, ["second"])], 0)
+    assert turns[0].text == "second" and "turn 2 is missing" in turns[1].invalid_reason
+
+
+def scored_row(one, two, horizon, h, rewards1, rewards2):
+    return {"prompt_id": "x", "rollout1": one, "rollout2": two, "horizon": horizon, "branch_turn": h,
+            "finish1": ["stop"] * 3, "finish2": ["stop"] * 3, "invalid_reason": None,
+            "rewards1": rewards1, "rewards2": rewards2}
+
+
+def dialogue(*replies, system=True):
+    msgs = [{"role": "system", "content": "Be brief."}] if system else []
+    for i, reply in enumerate(replies):
+        msgs += [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": reply}]
+    return msgs
+
+
+def test_refuel_pair_masks_only_the_turn_h_reply_on_a_llama3_template(llama3):  # noqa: F811
+    one, two = dialogue("Cats purr.", "Cats sleep.", "Yes."), dialogue("Cats purr.", "Cats a lot.", "No.")
+    s = prepare_dialogues.Settings(validation_pairs=0)
+    pair, reason = prepare_dialogues.make_pair(s, llama3, scored_row(one, two, 2, 1, [0, 0, 0.2], [0, 0, 0.9]))
+    assert reason is None
+    assert pair["chosen_text"] == "Cats a lot." and pair["chosen_reward"] == 0.9  # rollout 2 wins at turn L
+    for side in ("chosen", "rejected"):
+        ids, mask = pair[f"{side}_ids"], pair[f"{side}_mask"]
+        assert llama3.decode([t for t, m in zip(ids, mask, strict=True) if m]) == pair[f"{side}_text"] + "<|eot_id|>"
+        text = llama3.decode(ids)
+        assert text.count("<|start_header_id|>user") == 2 and "Be brief." in text and "Question 2" not in text
+    assert pair["messages"] == one[:4]  # system, user 0, assistant 0, user 1
+
+
+def test_identical_turn_h_replies_and_invalid_rewards_are_dropped(llama3):  # noqa: F811
+    one, two = dialogue("a", "same", "x"), dialogue("a", "same ", "y")
+    s = prepare_dialogues.Settings(validation_pairs=0)
+    assert prepare_dialogues.make_pair(s, llama3, scored_row(one, two, 2, 1, [0, 0, 1], [0, 0, 0])) == (
+        None, "identical pair")
+    two = dialogue("a", "other", "y")
+    assert prepare_dialogues.make_pair(s, llama3, scored_row(one, two, 2, 1, [0, 0, math.nan], [0, 0, 0])) == (
+        None, "invalid reward")
+
+
+def test_per_turn_scores_copy_the_shared_turns():
+    class Rule:
+        def score(self, items):
+            from rebelflow.rewards import Reward
+
+            return [Reward(float(len(reply))) for _, reply in items]
+
+    row = {"rollout1": dialogue("a", "bb", "ccc", system=False), "rollout2": dialogue("a", "dddd", system=False),
+           "branch_turn": 1, "horizon": 1}
+    score_dialogues.score_rows([row], Rule())
+    assert row["rewards1"] == [1.0, 2.0, 3.0] and row["rewards2"] == [1.0, 4.0] and row["reward_reasons"] == []
+
+
+def test_dialogue_generation_resumes_by_shard(tmp_path, prompts_file, tiny_policy, monkeypatch):
+    from rebelflow.artifacts import Store, external_model
+    from rebelflow.launch import launch
+    from rebelflow.plan import Baseline, round_jobs
+    from tests.conftest import make_config
+
+    cfg = make_config(tmp_path, prompts_file, stop_after="generate",
+                      dialogue={"turns": 2, "user": USER.model_dump()})
+    store = Store(cfg.store.root)
+    jobs = round_jobs(cfg, 1, external_model(tiny_policy), Baseline())
+    launch(jobs[0], store)
+    real, calls, failed = generate_dialogues.rollout, [], []
+
+    def flaky(s, rows, engine, user):
+        calls.append(len(rows))
+        if len(calls) == 2 and not failed:  # the second shard fails once
+            failed.append(True)
+            raise ConnectionError("lost the engine")
+        return real(s, rows, engine, user)
+
+    monkeypatch.setattr(generate_dialogues, "rollout", flaky)
+    with pytest.raises(ConnectionError):
+        launch(jobs[1], store)
+    calls.clear()
+    launch(jobs[1], store)
+    assert calls == [4, 4]  # shard 0 was kept; shards 1 and 2 made now
+    rows = store.read_rows(jobs[1].ref)
+    assert len(rows) == 12 and all(len(turn_positions(r["rollout1"], "assistant")) == 2 for r in rows)
