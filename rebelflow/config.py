@@ -69,9 +69,11 @@ class PromptsConfig(Section):
     messages_column: str | None = None
     id_column: str | None = None
     system_prompt: str | None = None
+    first_turn_only: bool = Field(False, description="messages_column: keep the system prompt and the first user turn")
     per_round: int | None = Field(None, ge=1, description="prompts each round takes (None: all)")
     selection: Literal["same", "disjoint"] = "same"
     shuffle_seed: int | None = Field(None, description="shuffle rows once before slicing (None: file order)")
+    offset: int = Field(0, ge=0, description="skip this many usable rows before the first slice")
 
     @model_validator(mode="after")
     def _one_prompt_column(self) -> PromptsConfig:
@@ -106,10 +108,11 @@ class GenerateConfig(Section):
 
 
 class RewardConfig(Section):
-    backend: Literal["rule", "classifier"] = "rule"
+    backend: Literal["rule", "classifier", "armorm"] = "rule"
     function: str | None = Field(None, description="rule: module:function or path/to/file.py:function")
-    model: str | None = Field(None, description="classifier: a local folder or Hub id")
+    model: str | None = Field(None, description="classifier/armorm: a local folder or Hub id")
     revision: str | None = None
+    trust_remote_code: bool = Field(False, description="run the model's own Python code (armorm needs it)")
     pad_token: str | None = Field(None, description="classifier: a vocabulary token to pad with")
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(4096, ge=8)
@@ -121,8 +124,13 @@ class RewardConfig(Section):
             raise ValueError("backend 'rule' needs function: 'module:function' (called with messages, response).")
         if self.backend == "rule" and ":" not in self.function:
             raise ValueError(f"function {self.function!r} must look like 'module:function' or 'file.py:function'.")
-        if self.backend == "classifier" and not self.model:
-            raise ValueError("backend 'classifier' needs model: a local folder or Hub id of a sequence classifier.")
+        if self.backend in ("classifier", "armorm") and not self.model:
+            raise ValueError(f"backend '{self.backend}' needs model: a local folder or Hub id of a reward model.")
+        if self.backend == "armorm" and not (self.trust_remote_code and self.revision):
+            raise ValueError(
+                "backend 'armorm' loads the model's own Python code, which must be an explicit choice: set "
+                "reward.trust_remote_code: true and pin reward.revision to the commit you reviewed."
+            )
         return self
 
 

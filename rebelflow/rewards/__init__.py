@@ -1,5 +1,5 @@
-"""Reward backends behind one interface: `rule` (a Python callable) and `classifier` (a sequence
-classifier whose logit is the reward). ArmoRM arrives with the GPU engines."""
+"""Reward backends behind one interface: `rule` (a Python callable), `classifier` (a sequence classifier
+whose logit is the reward) and `armorm` (ArmoRM's remote code; the reward is its `.score`)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,11 @@ def load_reward(cfg: RewardConfig) -> RewardBackend:
         from rebelflow.rewards.classifier import ClassifierReward
 
         return ClassifierReward(cfg)
-    raise ConfigError(f"[reward.backend] unknown backend {cfg.backend!r}. Valid backends: rule, classifier.")
+    if cfg.backend == "armorm":
+        from rebelflow.rewards.armorm import ArmoRMReward
+
+        return ArmoRMReward(cfg)
+    raise ConfigError(f"[reward.backend] unknown backend {cfg.backend!r}. Valid backends: rule, classifier, armorm.")
 
 
 def reward_identity(cfg: RewardConfig) -> str:

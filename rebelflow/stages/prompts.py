@@ -24,12 +24,25 @@ from rebelflow.artifacts import ArtifactRef, Store, model_identity, sha256_file
 from rebelflow.config import PromptsConfig, Section
 from rebelflow.errors import DataError
 
-NAME, VERSION, KIND = "prompts", 2, "dataset"
+NAME, VERSION, KIND = "prompts", 3, "dataset"
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema(
     [("prompt_id", pa.string()), ("messages", MESSAGES), ("source_row", pa.int64()), ("user_turns", pa.list_(pa.string()))]
 )
 ROLES = {"system", "user", "assistant"}
+# ShareGPT-style messages ({"from": ..., "value": ...}), as in UltraInteract and many SFT sets
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def normalise(message: object) -> dict[str, str] | None:
+    """{role, content} from a {role, content} or {from, value} message; None if it is neither."""
+    if not isinstance(message, dict):
+        return None
+    if message.get("role") in ROLES and isinstance(message.get("content"), str):
+        return {"role": message["role"], "content": message["content"]}
+    if message.get("from") in SHAREGPT_ROLES and isinstance(message.get("value"), str):
+        return {"role": SHAREGPT_ROLES[message["from"]], "content": message["value"]}
+    return None
 
 
 class Settings(Section):
@@ -43,6 +56,7 @@ class Settings(Section):
     messages_column: str | None
     id_column: str | None
     system_prompt: str | None
+    first_turn_only: bool = False
     shuffle_seed: int | None
     start: int
     stop: int | None
@@ -53,7 +67,8 @@ class Settings(Section):
         start, stop = 0, cfg.per_round
         if cfg.selection == "disjoint":
             start, stop = (round_k - 1) * cfg.per_round, round_k * cfg.per_round
-        fields = cfg.model_dump(exclude={"per_round", "selection"})
+        start, stop = start + cfg.offset, None if stop is None else stop + cfg.offset
+        fields = cfg.model_dump(exclude={"per_round", "selection", "offset"})
         return cls(
             **fields, source_identity=source_identity(cfg), start=start, stop=stop, user_turns_column=user_turns_column
         )
@@ -112,15 +127,17 @@ def to_messages(s: Settings, row: dict[str, Any]) -> tuple[list[dict[str, str]] 
             return None, "no prompt"
         messages = [{"role": "user", "content": text}]
     else:
-        messages = row.get(s.messages_column)
-        if not messages:
+        raw = row.get(s.messages_column)
+        if not raw:
             return None, "no prompt"
-        ok = isinstance(messages, list) and all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
-        )
-        if not ok:
+        messages = [normalise(m) for m in raw] if isinstance(raw, list) else [None]
+        if any(m is None for m in messages):
             return None, "malformed messages"
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if s.first_turn_only:
+            first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first_user is None:
+                return None, "no prompt"
+            messages = [m for m in messages[:first_user] if m["role"] == "system"] + [messages[first_user]]
         if messages[-1]["role"] != "user":
             return None, "last message is not from the user"
     if s.system_prompt and messages[0]["role"] != "system":

@@ -85,3 +85,25 @@ def test_a_dataset_id_with_split_and_messages_column(tmp_path):
     store = Store(cfg.store.root)
     rows = store.read_rows(run_job(_jobs(cfg, 1), store))
     assert [(r["prompt_id"], r["messages"]) for r in rows] == [("8", conv), ("9", conv)]
+
+
+def test_sharegpt_messages_and_first_turn_only(tmp_path):
+    trajectory = [{"from": "system", "value": "Be exact."}, {"from": "human", "value": "Solve x."},
+                  {"from": "gpt", "value": "Step 1"}, {"from": "human", "value": "Observation: wrong"}]
+    path = write_prompts(tmp_path / "p.jsonl", [{"trajectory": trajectory}, {"trajectory": [{"from": "bot", "value": "?"}]}])
+    base = {"source": str(path), "prompt_column": None, "messages_column": "trajectory"}
+    store = Store(make_config(tmp_path, path).store.root)
+    whole = store.read_rows(run_job(_jobs(make_config(tmp_path, path, prompts=base), 1), store))
+    assert [m["role"] for m in whole[0]["messages"]] == ["system", "user", "assistant", "user"]
+    first = store.read_rows(run_job(_jobs(make_config(tmp_path, path, prompts={**base, "first_turn_only": True}), 1), store))
+    assert first[0]["messages"] == [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Solve x."}]
+    assert len(first) == 1  # the row with an unknown speaker is dropped as malformed
+
+
+def test_offset_skips_rows_so_evaluation_prompts_are_held_out(tmp_path, prompts_file):
+    train = make_config(tmp_path, prompts_file, prompts={"per_round": 4, "selection": "disjoint", "shuffle_seed": 3})
+    held = make_config(tmp_path, prompts_file, prompts={"per_round": 4, "shuffle_seed": 3, "offset": 8})
+    store = Store(train.store.root)
+    used = {r["prompt_id"] for k in (1, 2) for r in store.read_rows(run_job(_jobs(train, k), store))}
+    evaluated = {r["prompt_id"] for r in store.read_rows(run_job(_jobs(held, 1), store))}
+    assert len(used) == 8 and len(evaluated) == 4 and not used & evaluated
