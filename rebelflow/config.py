@@ -309,7 +309,9 @@ class UserConfig(Section):
     function: str | None = Field(None, description="scripted: module:function(messages) -> next user message")
     model: str | None = Field(None, description="llm: a local folder or Hub id of a chat model")
     revision: str | None = None
-    engine: Literal["hf", "vllm", "openai"] = Field("hf", description="llm: how the user model runs")
+    engine: Literal["hf", "vllm", "openai"] | None = Field(
+        None, description="llm: how the user model runs (default: the policy's generate.engine)"
+    )
     vllm: VLLMConfig = VLLMConfig(gpu_memory_utilization=0.45)
     openai: OpenAIConfig | None = Field(None, description="llm with engine openai: the endpoint")
     template: str = Field(DEFAULT_USER_TEMPLATE, description="llm: must contain {transcript}")
@@ -340,7 +342,9 @@ class DialogueConfig(Section):
     """Multi-turn (REFUEL) campaigns: set this section; without it a campaign is single-turn REBEL."""
 
     turns: int = Field(5, ge=1, description="assistant replies per dialogue (H)")
-    horizon: Literal["uniform"] | int = Field("uniform", description="L: uniform over 0..turns-1, or fixed")
+    horizon: Literal["uniform", "last"] | int = Field(
+        "uniform", description="L: uniform over 0..turns-1, 'last' (the dialogue's last turn), or a fixed turn index"
+    )
     branch: Literal["uniform", "last"] = Field("uniform", description="h: uniform over 0..L, or h = L")
     seed: int = 0
     user: UserConfig
@@ -348,7 +352,9 @@ class DialogueConfig(Section):
     @model_validator(mode="after")
     def _horizon(self) -> DialogueConfig:
         if isinstance(self.horizon, int) and not 0 <= self.horizon < self.turns:
-            raise ValueError(f"horizon ({self.horizon}) must be 'uniform' or a turn index 0..{self.turns - 1}.")
+            raise ValueError(
+                f"horizon ({self.horizon}) must be 'uniform', 'last' or a turn index 0..{self.turns - 1}."
+            )
         return self
 
 
@@ -408,6 +414,8 @@ class RunConfig(Section):
                 "stop_after: train to skip evaluation."
             )
         user = self.dialogue.user if self.dialogue is not None else None
+        if user is not None and user.kind == "llm" and user.engine is None:
+            user.engine = self.generate.engine
         if user is not None and user.kind == "llm" and user.engine == self.generate.engine == "vllm":
             total = user.vllm.gpu_memory_utilization + self.generate.vllm.gpu_memory_utilization
             if total > 0.95:

@@ -1,8 +1,10 @@
 """generate_dialogues: multi-turn rollouts with a simulated user, REFUEL style.
 
 Consumes a prompts artifact and the policy; produces one row per prompt: `horizon` L and `branch_turn` h
-(0-based, drawn per prompt from a seeded distribution: L uniform over 0..turns-1, h uniform over 0..L),
-`rollout1` (a full dialogue of `turns` assistant replies, user turns from the simulated user),
+(0-based, drawn per prompt from a seeded distribution: L uniform over 0..H-1 or H-1 with `horizon: last`,
+h uniform over 0..L), `rollout1` (a full dialogue of H assistant replies, user turns from the simulated
+user; H = `turns`, or fewer for a dataset user whose row has fewer later user turns — REFUEL setting two
+runs each dialogue of the data to its own length),
 `rollout2` (rollout 1's messages up to and including the user message of turn h, then new replies from
 turn h through turn L), finish reasons per reply and `invalid_reason` (a failed user turn).
 With `branching: false` (evaluation) only rollout 1 is made.
@@ -40,7 +42,7 @@ from rebelflow.engines import SamplingParams, load_engine
 from rebelflow.stages.prompts import MESSAGES
 from rebelflow.users import UserRequest, load_user
 
-NAME, VERSION, KIND = "generate_dialogues", 2, "dataset"
+NAME, VERSION, KIND = "generate_dialogues", 3, "dataset"
 SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
@@ -80,10 +82,22 @@ class Settings(Section):
     launcher: LauncherConfig = LauncherConfig()
 
 
-def draw_branch(s: Settings, prompt_id: str) -> tuple[int, int]:
-    """(L, h) for one prompt: seeded by the prompt id, so batching and sharding never change it."""
+def dialogue_turns(s: Settings, row: dict) -> int:
+    """H of one dialogue: `turns`, or 1 + the row's later user turns when a dataset user has fewer."""
+    if s.user.kind == "dataset":
+        return min(s.turns, 1 + len(row.get("user_turns") or []))
+    return s.turns
+
+
+def draw_branch(s: Settings, prompt_id: str, turns: int | None = None) -> tuple[int, int]:
+    """(L, h) for one prompt of a dialogue of `turns` replies (default: s.turns): seeded by the prompt id,
+    so batching and sharding never change it. A fixed horizon past a shorter dialogue's end is its end."""
+    turns = s.turns if turns is None else turns
     rng = random.Random(f"{s.dialogue_seed}:{prompt_id}")
-    horizon = rng.randrange(s.turns) if s.horizon == "uniform" else int(s.horizon)
+    if s.horizon == "uniform":
+        horizon = rng.randrange(turns)
+    else:
+        horizon = turns - 1 if s.horizon == "last" else min(int(s.horizon), turns - 1)
     branch = rng.randint(0, horizon) if s.branch == "uniform" else horizon
     return horizon, branch
 
@@ -104,8 +118,9 @@ class Rollout:
 
 def rollout(s: Settings, rows: list[dict], engine, user) -> list[dict]:
     """Turn-batched dialogues for `rows` (prompts rows); returns output rows in the same order."""
-    branches = [draw_branch(s, r["prompt_id"]) for r in rows]
-    first = [Rollout(i, 1, list(r["messages"]), s.turns) for i, r in enumerate(rows)]
+    lengths = [dialogue_turns(s, r) for r in rows]
+    branches = [draw_branch(s, r["prompt_id"], n) for r, n in zip(rows, lengths, strict=True)]
+    first = [Rollout(i, 1, list(r["messages"]), n) for i, (r, n) in enumerate(zip(rows, lengths, strict=True))]
     second: dict[int, Rollout] = {}
     for t in range(s.turns):
         for i, (horizon, h) in enumerate(branches):

@@ -1,6 +1,12 @@
 """prompts: the round's prompt set as chat messages. Consumes a local .jsonl/.json/.parquet/.csv file or a
 Hub dataset (`datasets.load_dataset`); produces one row per prompt: `prompt_id`, `messages`
-(list of {role, content}, ending with a user turn), `source_row`.
+(list of {role, content}, ending with a user turn), `source_row`, `user_turns` (dataset users: the
+later user messages of the dialogue, from `dialogue.user.turns_column`).
+
+A messages column may hold {role, content} or ShareGPT {from, value} lists, or an Anthropic-HH transcript
+("\n\nHuman: …\n\nAssistant: …"). A turns column may hold a list of strings, a message list or an HH
+transcript; from the last two, the user messages after the first are the later user turns, so one HH
+column can give both the prompt (`first_turn_only: true`) and the turns.
 
 Rows without a usable prompt are dropped and counted per reason. With `selection: same` every round
 takes the same first `per_round` prompts (one shared artifact); with `disjoint` round k takes slice k.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +31,7 @@ from rebelflow.artifacts import ArtifactRef, Store, model_identity, sha256_file
 from rebelflow.config import PromptsConfig, Section
 from rebelflow.errors import DataError
 
-NAME, VERSION, KIND = "prompts", 3, "dataset"
+NAME, VERSION, KIND = "prompts", 4, "dataset"
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema(
     [("prompt_id", pa.string()), ("messages", MESSAGES), ("source_row", pa.int64()), ("user_turns", pa.list_(pa.string()))]
@@ -32,6 +39,38 @@ SCHEMA = pa.schema(
 ROLES = {"system", "user", "assistant"}
 # ShareGPT-style messages ({"from": ..., "value": ...}), as in UltraInteract and many SFT sets
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+
+
+def parse_hh(text: str) -> list[dict[str, str]] | None:
+    """An Anthropic-HH transcript as {role, content} messages; None when the text is not one."""
+    parts = HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[who], "content": body.strip()} for who, body in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def as_messages(raw: object) -> list[dict[str, str] | None] | None:
+    """A column value as a message list (entries None where malformed); None when it is no list at all."""
+    if isinstance(raw, str):
+        return parse_hh(raw)
+    return [normalise(m) for m in raw] if isinstance(raw, list) else None
+
+
+def later_user_turns(raw: object) -> list[str] | None:
+    """The later user turns of a dialogue from a turns column value (see the module docstring); None when
+    the value is neither a list of strings, a message list nor an HH transcript."""
+    if raw is None:
+        return []
+    if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+        return list(raw)
+    messages = as_messages(raw)
+    if messages is None or any(m is None for m in messages):
+        return None
+    return [m["content"] for m in messages if m["role"] == "user"][1:]
 
 
 def normalise(message: object) -> dict[str, str] | None:
@@ -130,7 +169,7 @@ def to_messages(s: Settings, row: dict[str, Any]) -> tuple[list[dict[str, str]] 
         raw = row.get(s.messages_column)
         if not raw:
             return None, "no prompt"
-        messages = [normalise(m) for m in raw] if isinstance(raw, list) else [None]
+        messages = as_messages(raw) or [None]
         if any(m is None for m in messages):
             return None, "malformed messages"
         if s.first_turn_only:
@@ -153,11 +192,13 @@ def select(s: Settings, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
         pid = str(row.get(s.id_column)) if s.id_column and row.get(s.id_column) is not None else f"row-{i}"
         if reason is None and pid in seen:
             reason = "duplicate id"
+        turns = later_user_turns(row.get(s.user_turns_column)) if s.user_turns_column else []
+        if reason is None and turns is None:
+            reason = "malformed user turns"
         if reason:
             dropped[reason] += 1
             continue
         seen.add(pid)
-        turns = [str(t) for t in row.get(s.user_turns_column) or []] if s.user_turns_column else []
         kept.append({"prompt_id": pid, "messages": messages, "source_row": i, "user_turns": turns})
     if not kept:
         raise DataError(

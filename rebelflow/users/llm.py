@@ -26,7 +26,7 @@ def parse_reply(text: str) -> UserTurn:
 class LLMUser:
     def __init__(self, cfg: UserConfig):
         self.cfg = cfg
-        self.engine = load_engine(cfg.engine, cfg.model, cfg.dtype, cfg.revision, vllm=cfg.vllm, openai=cfg.openai)
+        self.engine = load_engine(cfg.engine or "hf", cfg.model, cfg.dtype, cfg.revision, vllm=cfg.vllm, openai=cfg.openai)
 
     def next_turns(self, requests: list[UserRequest], seed: int) -> list[UserTurn]:
         prompts = [

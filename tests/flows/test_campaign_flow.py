@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rebelflow.artifacts import Store
 from rebelflow.cli import app
 from rebelflow.errors import DataError
 from rebelflow.flows.campaign import campaign_flow
@@ -181,6 +182,33 @@ def test_a_multi_turn_campaign_end_to_end(tmp_path):
     assert [len(r["win_rate_by_turn"]) for r in summary["rounds"]] == [2, 2]
     assert summary["rounds"][0]["win_rate_by_turn"] == [0.5, 0.5]
     assert set(statuses(campaign_flow(cfg)).values()) == {"cached"}
+
+
+def test_a_dataset_user_campaign_from_hh_transcripts(tmp_path):
+    """REFUEL setting two end to end: prompts and user turns from one HH column, dialogues of the data's own
+    lengths compared at their last turn, per-turn win rates over the turns each dialogue has."""
+    from tests.conftest import write_prompts
+
+    def transcript(i: int) -> str:
+        turns = 1 + i % 3
+        return "".join(f"\n\nHuman: Tell me about topic {i}, part {j}.\n\nAssistant: Sure." for j in range(turns))
+
+    hh = write_prompts(tmp_path / "hh.jsonl", [{"id": f"d{i}", "chosen": transcript(i)} for i in range(12)])
+    columns = {"source": str(hh), "id_column": "id", "prompt_column": None, "messages_column": "chosen",
+               "first_turn_only": True}
+    cfg = make_config(tmp_path, hh, campaign="hh", prompts=columns, evaluate={"prompts": {**columns, "per_round": 6}},
+                      dialogue={"turns": 3, "horizon": "last", "user": {"kind": "dataset", "turns_column": "chosen"}})
+    records = campaign_flow(cfg)["records"]
+    store = Store(cfg.store.root)
+    ref = next(r for r in records if r["round"] == 1 and r["id"].startswith("generate_dialogues"))
+    rows = {r["prompt_id"]: r for r in store.read_rows(store.find(ref["id"]))}
+    for i in range(12):
+        r = rows[f"d{i}"]
+        users = [m["content"] for m in r["rollout1"] if m["role"] == "user"]
+        assert users == [f"Tell me about topic {i}, part {j}." for j in range(1 + i % 3)] and r["invalid_reason"] is None
+        assert r["horizon"] == i % 3
+    summary = json.loads((Path(cfg.store.root) / "campaigns/hh/summary.json").read_text())
+    assert len(summary["rounds"][1]["win_rate_by_turn"]) == 3
 
 
 def test_wandb_offline_tracking_logs_training_updates_and_round_evaluation(tmp_path, prompts_file):

@@ -111,6 +111,60 @@ def test_failing_users_mark_the_dialogue_invalid(tmp_path):
     assert turns[0].text == "second" and "turn 2 is missing" in turns[1].invalid_reason
 
 
+def test_a_dataset_user_runs_each_dialogue_to_its_own_length():
+    """REFUEL setting two: a row with fewer later user turns than `turns` is a shorter dialogue, not an
+    invalid one; with horizon 'last' the pair is compared at the dialogue's end, h uniform over its turns."""
+    data = UserConfig(kind="dataset", turns_column="more")
+    s = settings(user=data, turns=3, horizon="last")
+    rows = [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"Q{i}"}],
+             "user_turns": [f"T{i}-{j}" for j in range(i % 4)]} for i in range(40)]
+    out = generate_dialogues.rollout(s, rows, CountingEngine(), load_user(data))
+    for i, r in enumerate(out):
+        n = min(3, 1 + i % 4)
+        assert r["invalid_reason"] is None and r["horizon"] == n - 1 and 0 <= r["branch_turn"] <= n - 1
+        assert [m["content"] for m in r["rollout1"] if m["role"] == "user"] == [f"Q{i}"] + rows[i]["user_turns"][: n - 1]
+        assert len(turn_positions(r["rollout1"], "assistant")) == n == len(turn_positions(r["rollout2"], "assistant"))
+    assert {r["branch_turn"] for r in out if r["horizon"] == 2} == {0, 1, 2}
+    assert generate_dialogues.draw_branch(settings(horizon=3), "p", turns=2)[0] == 1  # clipped to the end
+    assert {generate_dialogues.draw_branch(settings(), f"p{i}", turns=2)[0] for i in range(50)} == {0, 1}
+
+
+def test_llm_user_reads_the_transcript_in_one_message_and_samples_with_its_own_settings(monkeypatch):
+    from rebelflow.users import llm
+
+    class Recorder:
+        def generate(self, prompts, params):
+            self.prompts, self.params = prompts, params
+            outputs = ["Curious.\nQuestion: And 2 + 2?", "Question:   ", "What about 3 + 3?"]
+            return [[Completion(text, [1], "stop", params.seed)] for text in outputs]
+
+    engine = Recorder()
+    monkeypatch.setattr(llm, "load_engine", lambda *args, **kwargs: engine)
+    cfg = UserConfig(kind="llm", model="unused", temperature=0.3, top_p=0.7, max_new_tokens=7,
+                     template="Play the user.\n{transcript}\nAnswer now.")
+    convo = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 1 + 1?"},
+             {"role": "assistant", "content": "2"}]
+    turns = load_user(cfg).next_turns([UserRequest(convo, 1)] * 3, seed=50)
+    assert engine.prompts[0] == [{"role": "user", "content":
+                                  "Play the user.\n### user: What is 1 + 1?\n### assistant: 2\nAnswer now."}]
+    assert (engine.params.temperature, engine.params.top_p, engine.params.max_new_tokens, engine.params.seed) == (
+        0.3, 0.7, 7, 50)
+    assert [t.text for t in turns] == ["And 2 + 2?", None, "What about 3 + 3?"]
+    assert "nothing after 'Question:'" in turns[1].invalid_reason
+
+
+def test_an_llm_user_on_a_real_tiny_model(tiny_policy):
+    """The llm user on the transformers engine: every dialogue gets model-written user turns (or a reason)."""
+    cfg = UserConfig(kind="llm", model=tiny_policy, engine="hf", max_new_tokens=6, temperature=1.0)
+    engine = CountingEngine()
+    rows = generate_dialogues.rollout(settings(user=cfg, turns=2, branching=False), prompt_rows(4), engine,
+                                      load_user(cfg))
+    for r in rows:
+        users = [m["content"] for m in r["rollout1"] if m["role"] == "user"]
+        assert (len(users) == 2 and users[1].strip()) or "user model wrote nothing" in r["invalid_reason"]
+    assert any(r["invalid_reason"] is None for r in rows)
+
+
 def scored_row(one, two, horizon, h, rewards1, rewards2):
     return {"prompt_id": "x", "rollout1": one, "rollout2": two, "horizon": horizon, "branch_turn": h,
             "finish1": ["stop"] * 3, "finish2": ["stop"] * 3, "invalid_reason": None,

@@ -107,3 +107,35 @@ def test_offset_skips_rows_so_evaluation_prompts_are_held_out(tmp_path, prompts_
     used = {r["prompt_id"] for k in (1, 2) for r in store.read_rows(run_job(_jobs(train, k), store))}
     evaluated = {r["prompt_id"] for r in store.read_rows(run_job(_jobs(held, 1), store))}
     assert len(used) == 8 and len(evaluated) == 4 and not used & evaluated
+
+
+
+def test_hh_transcripts_and_message_lists_give_the_prompt_and_the_later_user_turns(tmp_path):
+    """REFUEL setting two: one HH column gives the first user turn as the prompt and the rest as the
+    dataset user's turns; ShareGPT lists and plain string lists work too."""
+    from rebelflow.stages import prompts
+
+    hh = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant: No.\n\nHuman:Why?"
+    path = write_prompts(tmp_path / "hh.jsonl", [
+        {"id": "hh", "chosen": hh}, {"id": "one", "chosen": "\n\nHuman: Only one\n\nAssistant: ok"},
+        {"id": "bad", "chosen": "not a transcript"},
+    ])
+    cfg = make_config(tmp_path, path, prompts={"source": str(path), "prompt_column": None, "id_column": "id",
+                                               "messages_column": "chosen", "first_turn_only": True})
+    from rebelflow import stages
+
+    job = stages.make_job(prompts, 1, prompts.Settings.from_config(cfg.prompts, 1, user_turns_column="chosen"), [])
+    store = Store(cfg.store.root)
+    ref = run_job(job, store)
+    assert {r["prompt_id"]: (r["messages"], r["user_turns"]) for r in store.read_rows(ref)} == {
+        "hh": ([{"role": "user", "content": "Hi there"}], ["Tell me a joke", "Why?"]),
+        "one": ([{"role": "user", "content": "Only one"}], []),
+    }
+    assert store.manifest(ref)["summary"]["dropped"] == {"malformed messages": 1}
+
+    sharegpt = [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, {"from": "human", "value": "c"}]
+    settings = prompts.Settings.from_config(cfg.prompts, 1, user_turns_column="more")
+    kept, dropped = prompts.select(settings, [{"id": "share", "chosen": hh, "more": sharegpt},
+                                              {"id": "list", "chosen": hh, "more": ["x", "y"]},
+                                              {"id": "odd", "chosen": hh, "more": 5}])
+    assert [r["user_turns"] for r in kept] == [["c"], ["x", "y"]] and dropped == {"malformed user turns": 1}

@@ -143,6 +143,10 @@ def test_engine_and_launcher_settings_are_checked(tmp_path, prompts_file):
     both = {"kind": "llm", "model": "m", "engine": "vllm", "vllm": {"gpu_memory_utilization": 0.5}}
     with pytest.raises(ConfigError, match="add up to 1.40"):
         make_config(tmp_path, prompts_file, dialogue={"user": both}, generate={"engine": "vllm"})
+    llm_user = {"user": {"kind": "llm", "model": "m"}}
+    assert make_config(tmp_path, prompts_file, dialogue=llm_user).dialogue.user.engine == "hf"  # the policy's
+    with pytest.raises(ConfigError, match="add up to 1.35"):  # a vLLM policy's user is on vLLM too
+        make_config(tmp_path, prompts_file, dialogue=llm_user, generate={"engine": "vllm"})
     with pytest.raises(ConfigError, match="multiple of 8"):
         make_config(tmp_path, prompts_file, train={"pairs_per_update": 4, "micro_batch_pairs": 2,
                                                    "launcher": {"kind": "accelerate", "num_processes": 4}})
