@@ -74,14 +74,15 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
 
 
 def _print_rounds(summary: dict, store_root: str) -> None:
+    from rebelflow.summary import by_turn_text
+
     table = Table(title=f"evaluation per round (round 0 = the starting policy) · campaign {summary['campaign']}")
     by_turn = any("win_rate_by_turn" in r for r in summary["rounds"])
     for col in ("round", "policy reward", "baseline reward", "win rate vs baseline"):
         table.add_column(col, justify="right")
     table.add_column("win rate by turn 1..H" if by_turn else "mean tokens", justify="right")
     for r in summary["rounds"]:
-        last = (" ".join(f"{w:.2f}" for w in r["win_rate_by_turn"] if w is not None) if by_turn
-                else f"{r['mean_tokens']:.1f}")
+        last = by_turn_text(r) if by_turn else f"{r['mean_tokens']:.1f}"
         table.add_row(
             str(r["round"]), f"{r['reward_mean']:.4f}", f"{r['baseline_reward_mean']:.4f}", f"{r['win_rate']:.3f}", last
         )

@@ -320,7 +320,9 @@ class UserConfig(Section):
     max_new_tokens: int = Field(1024, ge=1)
     seed: int = 0
     dtype: DTYPE = "float32"
-    turns_column: str | None = Field(None, description="dataset: the prompts column holding the later user turns")
+    turns_column: str | None = Field(
+        None, description="dataset: the prompts column with the later user turns (strings, messages or HH text)"
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self) -> UserConfig:

@@ -47,6 +47,11 @@ def _entry(k: int, s: dict[str, Any], ref: ArtifactRef) -> dict[str, Any]:
     return entry
 
 
+def by_turn_text(entry: dict[str, Any], sep: str = " ") -> str:
+    """A round's per-turn win rates for tables; '–' for a turn that no dialogue reached with valid rewards."""
+    return sep.join("–" if w is None else f"{w:.2f}" for w in entry.get("win_rate_by_turn") or []) or "–"
+
+
 def plot(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 

@@ -11,6 +11,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from rebelflow.artifacts import ArtifactRef, Store
+from rebelflow.summary import by_turn_text
 
 
 def artifact_key(*parts: Any) -> str:
@@ -71,7 +72,7 @@ def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict
         "|---|---|---|---|---|",
         *(
             f"| {r['round']} | {r['reward_mean']:.4f} | {r['baseline_reward_mean']:.4f} | {r['win_rate']:.3f} | "
-            f"{' · '.join(f'{w:.2f}' for w in r.get('win_rate_by_turn') or [] if w is not None) or '–'} |"
+            f"{by_turn_text(r, ' · ')} |"
             for r in summary["rounds"]
         ),
         "",

@@ -25,7 +25,7 @@ def test_the_refuel_demo_learns_at_every_turn(tmp_path):
     rounds = campaign_flow(cfg)["summary"]["rounds"]
     assert [len(r["win_rate_by_turn"]) for r in rounds] == [3, 3, 3, 3]
     assert rounds[0]["win_rate_by_turn"] == [0.5, 0.5, 0.5]
-    # measured: average win rate 0.55, 0.57, 0.59 after rounds 1-3; every turn above half from round 1
-    assert rounds[3]["win_rate"] > 0.55 and rounds[3]["win_rate"] > rounds[1]["win_rate"] - 0.01
+    # measured: average win rate 0.58, 0.62, 0.65 after rounds 1-3; every turn above half from round 1
+    assert rounds[3]["win_rate"] > 0.6 and rounds[3]["win_rate"] > rounds[1]["win_rate"]
     assert all(w > 0.5 for r in rounds[1:] for w in r["win_rate_by_turn"])
-    assert rounds[3]["reward_mean"] > rounds[0]["reward_mean"] + 0.02
+    assert rounds[3]["reward_mean"] > rounds[0]["reward_mean"] + 0.05  # measured: 0.174 -> 0.259

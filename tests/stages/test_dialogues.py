@@ -243,3 +243,22 @@ def test_dialogue_generation_resumes_by_shard(tmp_path, prompts_file, tiny_polic
     assert calls == [4, 4]  # shard 0 was kept; shards 1 and 2 made now
     rows = store.read_rows(jobs[1].ref)
     assert len(rows) == 12 and all(len(turn_positions(r["rollout1"], "assistant")) == 2 for r in rows)
+
+
+def test_per_turn_win_rates_by_hand():
+    """REFUEL's table: turn t compares the two policies' rewards of the prefix ending at reply t; ties count
+    half, a missing or invalid reward leaves the prompt out of that turn, the average is over turns."""
+    from rebelflow.stages import evaluate_dialogues
+    from rebelflow.summary import by_turn_text
+
+    def row(pid, rewards):
+        return {"prompt_id": pid, "messages": [], "rollout1": [{"role": "assistant", "content": "4"}], "rewards1": rewards}
+
+    new = [row("a", [0.9, 0.2, 0.7]), row("b", [0.5, 0.6, math.nan]), row("c", [0.1])]
+    base = [row("a", [0.1, 0.2, 0.8]), row("b", [0.5, 0.1, 0.3]), row("c", [0.4])]
+    summary = evaluate_dialogues.summarise(evaluate_dialogues.compare(new, base))
+    # turn 1: win, tie, loss -> 0.5; turn 2: tie, win -> 0.75; turn 3: loss (b's is invalid) -> 0.0
+    assert summary["win_rate_by_turn"] == [0.5, 0.75, 0.0]
+    assert summary["win_rate"] == pytest.approx(1.25 / 3, abs=1e-5)
+    assert by_turn_text(summary) == "0.50 0.75 0.00"
+    assert by_turn_text({"win_rate_by_turn": [0.5, None]}, " · ") == "0.50 · –"
