@@ -200,6 +200,7 @@ def _summary(rows: list[dict]) -> dict:
         "dialogues": len(rows),
         "invalid": len(invalid),
         "first invalid reason": invalid[0] if invalid else None,
+        "mean replies in rollout 1": round(sum(len(r["finish1"]) for r in rows) / len(rows), 3),
         "mean horizon L": round(sum(r["horizon"] for r in rows) / len(rows), 3),
         "mean branch turn h": round(sum(r["branch_turn"] for r in rows) / len(rows), 3),
         "sample": [

@@ -207,6 +207,7 @@ def test_a_dataset_user_campaign_from_hh_transcripts(tmp_path):
         users = [m["content"] for m in r["rollout1"] if m["role"] == "user"]
         assert users == [f"Tell me about topic {i}, part {j}." for j in range(1 + i % 3)] and r["invalid_reason"] is None
         assert r["horizon"] == i % 3
+    assert store.manifest(store.find(ref["id"]))["summary"]["mean replies in rollout 1"] == 2.0
     summary = json.loads((Path(cfg.store.root) / "campaigns/hh/summary.json").read_text())
     assert len(summary["rounds"][1]["win_rate_by_turn"]) == 3
 
