@@ -24,10 +24,9 @@ from rebelflow import stages
 from rebelflow.artifacts import ArtifactRef, Store
 from rebelflow.errors import DataError
 from rebelflow.rm_config import PreferenceDataConfig
-from rebelflow.stages.prompts import read_dataset, require_columns
+from rebelflow.stages.prompts import MESSAGES, read_dataset, require_columns
 
 NAME, VERSION, KIND = "preferences", 1, "dataset"
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema([("id", pa.string()), ("context", MESSAGES), ("chosen", pa.string()),
                     ("rejected", pa.string()), ("subset", pa.string())])
 
