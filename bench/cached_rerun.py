@@ -24,7 +24,7 @@ def run(config: str, store: str, env: dict) -> tuple[float, list[dict]]:
     """Wall seconds of one `rebelflow run`, and its stage records (from a JSON dump of the flow result)."""
     out = Path(store) / "records.json"
     code = (
-        "import json, sys; from rebelflow.config_io import load_config; "
+        "import json, sys; from rebelflow.config.loading import load_config; "
         "from rebelflow.flows.campaign import campaign_flow; "
         f"r = campaign_flow(load_config({config!r}, store={store!r})); "
         f"open({str(out)!r}, 'w').write(json.dumps(r['records']))"

@@ -11,10 +11,10 @@ import argparse
 import tempfile
 import time
 
-from rebelflow.config import TinyModelConfig, UserConfig
+from rebelflow.config.campaign import TinyModelConfig, UserConfig
 from rebelflow.engines.hf import HFEngine
+from rebelflow.ml.tiny import build_policy
 from rebelflow.stages import generate_dialogues
-from rebelflow.tiny import build_policy
 from rebelflow.users import load_user
 
 

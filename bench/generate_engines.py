@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def worker(engine: str, model: str, prompts: int, n: int, tokens: int) -> None:
-    from rebelflow.config import VLLMConfig
+    from rebelflow.config.campaign import VLLMConfig
     from rebelflow.engines import SamplingParams, load_engine
 
     start = time.perf_counter()
@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker, args.prompts, args.n, args.tokens)
-    from rebelflow.config import TinyModelConfig
-    from rebelflow.tiny import build_policy
+    from rebelflow.config.campaign import TinyModelConfig
+    from rebelflow.ml.tiny import build_policy
 
     model = str(build_policy(tempfile.mkdtemp(), TinyModelConfig(hidden_size=128, layers=4, heads=4)))
     pythons = {"hf": sys.executable, "vllm": str(REPO / ".venv-vllm/bin/python")}

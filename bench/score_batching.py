@@ -13,9 +13,9 @@ import random
 import tempfile
 import time
 
-from rebelflow.config import RewardConfig, TinyModelConfig
+from rebelflow.config.campaign import RewardConfig, TinyModelConfig
+from rebelflow.ml.tiny import build_classifier
 from rebelflow.rewards import load_reward
-from rebelflow.tiny import build_classifier
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ import time
 
 import torch
 
-from rebelflow.config import TinyModelConfig
+from rebelflow.config.campaign import TinyModelConfig
 from rebelflow.losses import rebel_loss, sequence_logps
-from rebelflow.tiny import build_policy
-from rebelflow.training import load_causal_lm, pad_right
+from rebelflow.ml.batching import pad_right
+from rebelflow.ml.models import load_causal_lm
+from rebelflow.ml.tiny import build_policy
 
 
 def synthetic_pairs(n: int, max_prompt: int, max_response: int, vocab: int, seed: int = 0) -> list[dict]:

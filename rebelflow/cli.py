@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rebelflow.errors import ConfigError, RebelflowError
+from rebelflow.config.errors import ConfigError, RebelflowError
 
 app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -33,8 +33,9 @@ StoreOpt = Annotated[str | None, typer.Option("--store", help="artifact store ro
 
 def _load(config: str, overrides: list[str], store: str | None, check_data: bool = False):
     """Load and validate; with check_data also read the prompts. Problems exit with code 2."""
-    from rebelflow.config_io import load_config
-    from rebelflow.plan import campaign_jobs, preflight
+    from rebelflow.config.loading import load_config
+    from rebelflow.planning.campaign import campaign_jobs
+    from rebelflow.planning.preflight import preflight
 
     try:
         cfg = load_config(config, overrides, store)
@@ -74,7 +75,7 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
 
 
 def _print_rounds(summary: dict, store_root: str) -> None:
-    from rebelflow.summary import by_turn_text
+    from rebelflow.flows.summary import by_turn_text
 
     table = Table(title=f"evaluation per round (round 0 = the starting policy) · campaign {summary['campaign']}")
     by_turn = any("win_rate_by_turn" in r for r in summary["rounds"])
@@ -99,7 +100,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
 ) -> None:
     """Validate the config and list every stage with its fingerprint and cached/pending; does no work."""
-    from rebelflow.plan import plan_status
+    from rebelflow.planning.campaign import plan_status
 
     cfg = _load(config, set_, store)
     rows = plan_status(cfg)
@@ -122,7 +123,7 @@ def history(
 ) -> None:
     """Campaigns, rounds and stages with states and durations, read from Prefect's API."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from rebelflow.history import read_history
+    from rebelflow.ops.history import read_history
 
     runs = read_history(limit)
     if as_json:
@@ -149,7 +150,7 @@ def show(
     rows: Annotated[int, typer.Option(help="rows to print")] = 3,
 ) -> None:
     """An artifact's manifest, lineage and a few rows."""
-    from rebelflow.artifacts import Store
+    from rebelflow.store.local import Store
 
     st = Store(store)
     try:
@@ -246,7 +247,7 @@ def deploy(
     """Deploy the campaign: each scheduled (or manual) run runs its next incomplete round, resuming a failed
     one. Without --pool this process serves the deployment until Ctrl-C; with --pool it registers it for
     `rebelflow worker --pool POOL`. Two runs of one campaign never overlap."""
-    from rebelflow import deploy as dp
+    from rebelflow.ops import deploy as dp
 
     cfg = _load(config, set_, store, check_data=True)
     try:
@@ -288,10 +289,10 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool `rebelflow depl
 def _load_rm(config: str, overrides: list[str], store: str | None, train: bool | None):
     """Load a reward-model config and plan its jobs (rm-train's, rm-eval's, or with None rm-train's when the
     config has training data); problems exit with code 2 before any work."""
-    from rebelflow.artifacts import Store
-    from rebelflow.config_io import load_config
-    from rebelflow.rm_config import RMConfig
-    from rebelflow.rm_plan import rm_jobs
+    from rebelflow.config.loading import load_config
+    from rebelflow.config.reward_model import RMConfig
+    from rebelflow.planning.reward_model import rm_jobs
+    from rebelflow.store.local import Store
 
     try:
         cfg = load_config(config, overrides, store, root=RMConfig)
@@ -364,7 +365,7 @@ def doctor(config: Annotated[str | None, typer.Argument(help="a campaign or rewa
            set_: SetOpt = []) -> None:
     """What this machine offers (GPUs, CUDA, DeepSpeed, the vLLM environment) and, for a config, where and
     with which engine each stage will run. Exit code 1 if the config cannot run here."""
-    from rebelflow import doctor as dr
+    from rebelflow.ops import doctor as dr
 
     table = Table(title="this machine")
     for col in ("item", "state", "fix"):
@@ -374,7 +375,7 @@ def doctor(config: Annotated[str | None, typer.Argument(help="a campaign or rewa
     console.print(table)
     if config is None:
         return
-    from rebelflow.config_io import is_reward_model_config
+    from rebelflow.config.loading import is_reward_model_config
 
     rm = is_reward_model_config(config)
     cfg = _load_rm(config, set_, None, train=None) if rm else _load(config, set_, None)
@@ -384,7 +385,9 @@ def doctor(config: Annotated[str | None, typer.Argument(help="a campaign or rewa
     for row in dr.rm_stages(cfg) if rm else dr.stages(cfg):
         table.add_row(*row)
     console.print(table)
-    problems = dr.launcher_problems([cfg.train.launcher, cfg.eval.launcher]) if rm else dr.engine_problems(cfg)
+    from rebelflow.planning.preflight import engine_problems, launcher_problems
+
+    problems = launcher_problems([cfg.train.launcher, cfg.eval.launcher]) if rm else engine_problems(cfg)
     for problem in problems:
         err.print(f"[bold red]cannot run here[/]: {escape(problem)}", markup=True, highlight=False)
     if problems:

@@ -16,8 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from rebelflow.config import TinyModelConfig  # noqa: E402
-from rebelflow.config_io import validate_config  # noqa: E402
+from rebelflow.config.campaign import TinyModelConfig  # noqa: E402
+from rebelflow.config.loading import validate_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TinyModelConfig(vocab_size=600, hidden_size=32, layers=2, heads=2, seed=0)
@@ -25,14 +25,14 @@ TINY = TinyModelConfig(vocab_size=600, hidden_size=32, layers=2, heads=2, seed=0
 
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory) -> str:
-    from rebelflow.tiny import build_policy
+    from rebelflow.ml.tiny import build_policy
 
     return str(build_policy(tmp_path_factory.mktemp("policy"), TINY))
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory) -> str:
-    from rebelflow.tiny import build_classifier
+    from rebelflow.ml.tiny import build_classifier
 
     return str(build_classifier(tmp_path_factory.mktemp("classifier"), TINY))
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from rebelflow.errors import ConfigError
+from rebelflow.config.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rebelflow.config import OpenAIConfig, VLLMConfig
+    from rebelflow.config.campaign import OpenAIConfig, VLLMConfig
 
 Message = dict[str, str]
 ENGINES = ("hf", "vllm", "openai")
@@ -61,7 +61,7 @@ def load_engine(
 
         return HFEngine(model, dtype=dtype, revision=revision)
     if kind == "vllm":
-        from rebelflow.config import VLLMConfig
+        from rebelflow.config.campaign import VLLMConfig
         from rebelflow.engines.vllm import VLLMEngine
 
         return VLLMEngine(model, dtype=dtype, revision=revision, cfg=vllm or VLLMConfig())

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from rebelflow.chat import end_of_turn_ids, prompt_ids
 from rebelflow.engines import Completion, Message, SamplingParams, completion, sample_seed
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
+from rebelflow.ml.models import DTYPES
 
 
 class HFEngine:
@@ -19,7 +18,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
-        self.model = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=_DTYPES[dtype])
+        self.model = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=DTYPES[dtype])
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         self.eot = end_of_turn_ids(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]

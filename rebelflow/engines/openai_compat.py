@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from rebelflow.config import OpenAIConfig
+from rebelflow.config.campaign import OpenAIConfig
+from rebelflow.config.errors import ConfigError
 from rebelflow.engines import Completion, Message, SamplingParams, sample_seed
-from rebelflow.errors import ConfigError
 
 
 class OpenAIEngine:

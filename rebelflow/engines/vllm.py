@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import os
 
-from rebelflow.chat import end_of_turn_ids, prompt_ids
-from rebelflow.config import VLLMConfig
+from rebelflow.config.campaign import VLLMConfig
+from rebelflow.config.errors import ConfigError
 from rebelflow.engines import Completion, Message, SamplingParams, completion, sample_seed
-from rebelflow.errors import ConfigError
+from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
 
 log = logging.getLogger("rebelflow.engines.vllm")
 

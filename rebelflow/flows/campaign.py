@@ -8,13 +8,13 @@ from typing import Any
 
 from prefect import flow
 
-from rebelflow.artifacts import Store
-from rebelflow.config import RunConfig
-from rebelflow.flows.common import run_stage
+from rebelflow.config.campaign import RunConfig
+from rebelflow.flows.common import Steps
 from rebelflow.flows.round import round_flow
-from rebelflow.plan import baseline
-from rebelflow.summary import campaign_summary
-from rebelflow.tasks.ui import publish_campaign
+from rebelflow.flows.summary import campaign_summary
+from rebelflow.flows.ui import publish_campaign
+from rebelflow.planning.campaign import baseline
+from rebelflow.store.local import Store
 
 
 @flow(name="campaign", flow_run_name="{cfg.campaign}", log_prints=True)
@@ -22,8 +22,10 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     """Rounds 1..`through` (all by default); finished stages come back cached."""
     store = Store(cfg.store.root)
     base = baseline(cfg)
-    records = [run_stage(cfg.campaign, job, store, cfg.hub, cfg.tracking) for job in base.jobs]
-    policy, evaluations = base.policy, []
+    step = Steps(cfg.campaign, store, cfg.hub, cfg.tracking)
+    for job in base.jobs:  # the starting policy (tiny build, SFT) and the baseline's evaluation samples
+        step(job)
+    records, policy, evaluations = step.records, base.policy, []
     for k in range(1, min(through or cfg.rounds, cfg.rounds) + 1):
         out = round_flow(cfg, k, policy, base.eval_prompts, base.eval_scored)
         records += out["records"]

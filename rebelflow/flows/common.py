@@ -1,17 +1,35 @@
-"""Running one stage inside a flow: call its task, record it in the campaign index, publish its summary."""
+"""Running one stage inside a flow: call its task, record it in the campaign index, publish its summary.
+`Steps` runs a flow's steps in order and keeps one record per step for the summary table."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rebelflow.artifacts import Store
-from rebelflow.config import HubConfig, TrackingConfig
-from rebelflow.hub import fetch, pinned_commit, publish, record_in_index
-from rebelflow.stages import StageJob
+from rebelflow.config.campaign import HubConfig, TrackingConfig
+from rebelflow.flows.ui import publish_stage
+from rebelflow.ml.tracking import Tracker, run_info
+from rebelflow.planning.jobs import StageJob
+from rebelflow.store.hub import fetch, pinned_commit, publish, record_in_index
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef
 from rebelflow.tasks import task_for
-from rebelflow.tasks.ui import publish_stage
-from rebelflow.tracking import Tracker, run_info
+
+
+class Steps:
+    """Calls `run_stage` for each step of a flow (a None step, past `stop_after`, is skipped) and keeps
+    the records; a call returns the step's artifact reference."""
+
+    def __init__(self, campaign: str, store: Store, hub: HubConfig | None = None,
+                 tracking: TrackingConfig | None = None):
+        self.campaign, self.store, self.hub, self.tracking = campaign, store, hub, tracking
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, job: StageJob | None) -> ArtifactRef | None:
+        if job is None:
+            return None
+        self.records.append(run_stage(self.campaign, job, self.store, self.hub, self.tracking))
+        return job.ref
 
 
 def run_stage(campaign: str, job: StageJob, store: Store, hub: HubConfig | None = None,

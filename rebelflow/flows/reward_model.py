@@ -9,11 +9,11 @@ from typing import Any
 
 from prefect import flow
 
-from rebelflow.artifacts import Store, _write_json_atomic
-from rebelflow.flows.common import run_stage
-from rebelflow.rm_config import RMConfig
-from rebelflow.rm_plan import rm_jobs
-from rebelflow.tasks.ui import publish_reward_model
+from rebelflow.config.reward_model import RMConfig
+from rebelflow.flows.common import Steps
+from rebelflow.flows.ui import publish_reward_model
+from rebelflow.planning.reward_model import rm_jobs
+from rebelflow.store.local import Store, write_json_atomic
 
 
 @flow(name="reward-model", flow_run_name="{cfg.name}-{mode}", log_prints=True)
@@ -21,7 +21,10 @@ def reward_model_flow(cfg: RMConfig, mode: str = "train") -> dict[str, Any]:
     """mode "train": preferences → rm_train → held-out and benchmark evaluation; "eval": evaluation only."""
     store = Store(cfg.store.root)
     jobs = rm_jobs(cfg, train=mode == "train", store=store)
-    records = [run_stage(cfg.name, job, store, tracking=cfg.tracking) for job in jobs]
+    step = Steps(cfg.name, store, tracking=cfg.tracking)
+    for job in jobs:
+        step(job)
+    records = step.records
     refs = {job.name: job.ref for job in jobs}
     summary: dict[str, Any] = {"name": cfg.name, "mode": mode}
     if "rm_train" in refs:
@@ -39,6 +42,6 @@ def reward_model_flow(cfg: RMConfig, mode: str = "train") -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / "summary.json").is_file():  # rm-eval after rm-train keeps the training results
         summary = json.loads((folder / "summary.json").read_text()) | summary
-    _write_json_atomic(folder / "summary.json", summary)
+    write_json_atomic(folder / "summary.json", summary)
     publish_reward_model(cfg.name, summary, store)
     return {"records": records, "summary": summary}

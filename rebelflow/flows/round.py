@@ -1,9 +1,8 @@
-"""round_flow: one REBEL round.
+"""round_flow: one REBEL (or REFUEL) round, step by step as the algorithm runs.
 
-sample n responses per prompt (generate) → reward each (score) → pair best against worst (prepare)
-→ the starting policy's logprobs of each pair (logprobs) → regress log-ratio differences onto η × reward
-differences (train) → sample the new policy on held-out prompts and compare it with the baseline
-(eval_generate, eval_score, evaluate).
+Each step is a stage job from the plan (`planning.campaign.round_plan`, the one source of fingerprints);
+a step whose artifact is already in the store comes back Cached, and a step past `stop_after` is None
+and skipped. For dialogues (REFUEL) the same steps run the multi-turn stages.
 """
 
 # No `from __future__ import annotations`: Prefect builds each flow's parameter model from its annotations,
@@ -12,19 +11,26 @@ from typing import Any
 
 from prefect import flow
 
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import RunConfig
-from rebelflow.flows.common import run_stage
-from rebelflow.plan import Baseline, next_policy, round_jobs
+from rebelflow.config.campaign import RunConfig
+from rebelflow.flows.common import Steps
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef
 
 
 @flow(name="round", flow_run_name="{cfg.campaign}-round-{k}", log_prints=True)
 def round_flow(
     cfg: RunConfig, k: int, policy: ArtifactRef, eval_prompts: ArtifactRef | None, baseline_scored: ArtifactRef | None
 ) -> dict[str, Any]:
-    store = Store(cfg.store.root)
-    # Each job knows its inputs' fingerprints; a stage whose artifact is in the store comes back Cached.
-    jobs = round_jobs(cfg, k, policy, Baseline(eval_prompts=eval_prompts, eval_scored=baseline_scored))
-    records = [run_stage(cfg.campaign, job, store, cfg.hub, cfg.tracking) for job in jobs]
-    evaluation = next((j.ref for j in jobs if j.name == "evaluate"), None)
-    return {"records": records, "policy": next_policy(jobs) or policy, "evaluation": evaluation}
+    plan = round_plan(cfg, k, policy, Baseline(eval_prompts=eval_prompts, eval_scored=baseline_scored))
+    step = Steps(cfg.campaign, Store(cfg.store.root), cfg.hub, cfg.tracking)
+    step(plan.prompts)  # this round's slice of the prompt set
+    step(plan.generate)  # n samples per prompt from the policy (two dialogues branching at turn h for REFUEL)
+    step(plan.score)  # a reward per response (per turn for dialogues)
+    step(plan.prepare)  # best against worst, tokenized with loss masks on the replies
+    step(plan.logprobs)  # π_old of every pair, from the trainer's own forward pass
+    step(plan.train)  # regress log-ratio differences onto η × reward differences: the next policy
+    step(plan.eval_generate)  # the new policy on the held-out prompts
+    step(plan.eval_score)
+    evaluation = step(plan.evaluate)  # the new policy against the baseline: win rate, rewards
+    return {"records": step.records, "policy": plan.policy or policy, "evaluation": evaluation}

@@ -15,10 +15,11 @@ from typing import Any
 
 from prefect import flow
 
-from rebelflow.config_io import load_config
+from rebelflow.config.loading import load_config
 from rebelflow.flows.campaign import campaign_flow
 from rebelflow.flows.reward_model import reward_model_flow
-from rebelflow.plan import plan_status, preflight
+from rebelflow.planning.campaign import plan_status
+from rebelflow.planning.preflight import preflight
 
 
 def next_round(cfg) -> int | None:
@@ -53,7 +54,7 @@ def rounds_flow(config: str, through: int | None = None, overrides: list[str] | 
 @flow(name="reward-model-entry", log_prints=True)
 def reward_model_entry(config: str, mode: str = "train", overrides: list[str] | None = None,
                        store: str | None = None) -> dict[str, Any]:
-    from rebelflow.rm_config import RMConfig
+    from rebelflow.config.reward_model import RMConfig
 
     cfg = load_config(config, overrides or [], store, root=RMConfig)
     return reward_model_flow(cfg, mode)["summary"]

@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from rebelflow.artifacts import model_identity
-from rebelflow.config import RewardConfig
-from rebelflow.errors import ConfigError
+from rebelflow.config.campaign import RewardConfig
+from rebelflow.config.errors import ConfigError
+from rebelflow.store.refs import model_identity
 
 Message = dict[str, str]
 
@@ -43,7 +43,7 @@ class RankSharded:
         self.backend, self.ranks = backend, ranks
 
     def score(self, items: list[tuple[list[Message], str]]) -> list[Reward]:
-        from rebelflow.training import gather_lists
+        from rebelflow.ml.distributed import gather_lists
 
         mine = self.backend.score(items[self.ranks.index :: self.ranks.count])
         out: list[Reward] = [Reward(math.nan)] * len(items)
@@ -77,7 +77,7 @@ def _load(cfg: RewardConfig) -> RewardBackend:
 def reward_identity(cfg: RewardConfig) -> str:
     """What names the reward's behaviour: the rule's source file hash, or the classifier's files."""
     if cfg.backend == "rule":
-        from rebelflow.callables import source_hash
+        from rebelflow.config.callables import source_hash
 
         return source_hash(cfg.function)
     return model_identity(cfg.model, cfg.revision)

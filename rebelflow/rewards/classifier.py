@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from rebelflow.chat import encode, render
-from rebelflow.config import RewardConfig
-from rebelflow.errors import ConfigError
+from rebelflow.config.campaign import RewardConfig
+from rebelflow.config.errors import ConfigError
+from rebelflow.ml.batching import right_padded
+from rebelflow.ml.chat import encode, render
+from rebelflow.ml.models import DTYPES, device
 from rebelflow.rewards import Message, Reward, checked
-from rebelflow.training import device
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(cfg: RewardConfig):
@@ -55,9 +54,7 @@ def batched_scores(cfg: RewardConfig, tokenizer, items: list[tuple[list[Message]
     pad = tokenizer.pad_token_id
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start : start + cfg.batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in batch])
-        mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in batch])
+        ids, mask = right_padded([encoded[i] for i in batch], pad)
         for i, v in zip(batch, forward(ids, mask).float().tolist(), strict=True):
             values[i] = v
     return [checked(v) for v in values]
@@ -67,7 +64,7 @@ def load_model(cfg: RewardConfig, pad_id: int):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.model, revision=cfg.revision, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        cfg.model, revision=cfg.revision, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
     )
     model.config.pad_token_id = pad_id
     return model.to(device()).eval()  # under a multi-GPU launch, this rank's own GPU

@@ -4,7 +4,7 @@ with the reason; it never stops the stage."""
 
 from __future__ import annotations
 
-from rebelflow.callables import load_callable
+from rebelflow.config.callables import load_callable
 from rebelflow.rewards import Message, Reward, checked
 
 

@@ -16,11 +16,11 @@ import statistics
 
 import pyarrow as pa
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import Section
-from rebelflow.errors import DataError
+from rebelflow.config.campaign import Section
+from rebelflow.config.errors import DataError
 from rebelflow.stages.prompts import MESSAGES
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "evaluate", 1, "dataset"
 SCHEMA = pa.schema(
@@ -77,13 +77,13 @@ def compare(new_rows: list[dict], base_rows: list[dict]) -> tuple[list[dict], in
 
 
 def run(settings: Settings, new: ArtifactRef, baseline: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [new, baseline])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [new, baseline])
     if store.is_complete(ref, quarantine=True):
         return ref
     rows, skipped = compare(store.read_rows(new), store.read_rows(baseline))
     if not rows:
         raise DataError(f"no evaluation prompt has a valid reward for both policies ({skipped} left out).")
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), [new, baseline]) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), [new, baseline]) as w:
         w.write_shard("train", 0, rows, SCHEMA)
         w.finish(summary=summarise(rows, skipped), card="Per-prompt comparison of the new policy with the baseline.")
     return ref
@@ -110,4 +110,6 @@ def summarise(rows: list[dict], skipped: int) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

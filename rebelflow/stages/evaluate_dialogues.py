@@ -15,11 +15,11 @@ import statistics
 
 import pyarrow as pa
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.errors import DataError
+from rebelflow.config.errors import DataError
 from rebelflow.stages.evaluate import Settings  # noqa: F401  (no settings of its own)
 from rebelflow.stages.prompts import MESSAGES
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "evaluate_dialogues", 1, "dataset"
 SCHEMA = pa.schema(
@@ -94,15 +94,17 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def run(settings: Settings, new: ArtifactRef, baseline: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [new, baseline])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [new, baseline])
     if store.is_complete(ref, quarantine=True):
         return ref
     rows = compare(store.read_rows(new), store.read_rows(baseline))
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), [new, baseline]) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), [new, baseline]) as w:
         w.write_shard("train", 0, rows, SCHEMA)
         w.finish(summary=summarise(rows), card="Per-turn comparison of the new policy's dialogues with the baseline's.")
     return ref
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

@@ -18,11 +18,11 @@ from typing import ClassVar
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import VLLM_SPEED_ONLY, GenerateConfig
+from rebelflow.config.campaign import VLLM_SPEED_ONLY, GenerateConfig
 from rebelflow.engines import SamplingParams, load_engine
 from rebelflow.stages.prompts import MESSAGES
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "generate", 1, "dataset"
 SCHEMA = pa.schema(
@@ -42,14 +42,14 @@ class Settings(GenerateConfig):
 
 
 def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     rows = store.read_rows(prompts)
     params = SamplingParams(settings.n, settings.temperature, settings.top_p, settings.max_new_tokens, settings.seed)
     engine = None
     started, new_tokens = time.time(), 0
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), [prompts, policy]) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), [prompts, policy]) as w:
         shards = range(0, len(rows), settings.shard_size)
         bar = tqdm(total=len(rows), desc=f"generate ×{settings.n}", unit="prompt")
         for index, start in enumerate(shards):
@@ -103,4 +103,6 @@ def _summary(w, shards: int, new_tokens: int, seconds: float) -> dict:
 _CARD = "Sampled responses of the round's policy, n per prompt, with token ids and finish reasons."
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

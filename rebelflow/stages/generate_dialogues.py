@@ -27,9 +27,7 @@ from typing import ClassVar
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import (
+from rebelflow.config.campaign import (
     DTYPE,
     OPENAI_TRANSPORT,
     VLLM_SPEED_ONLY,
@@ -40,6 +38,8 @@ from rebelflow.config import (
 )
 from rebelflow.engines import SamplingParams, load_engine
 from rebelflow.stages.prompts import MESSAGES
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 from rebelflow.users import UserRequest, load_user
 
 NAME, VERSION, KIND = "generate_dialogues", 3, "dataset"
@@ -171,12 +171,12 @@ def _reply(s: Settings, engine, dialogues: list[Rollout], seed: int) -> None:
 
 
 def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     rows = store.read_rows(prompts)
     engine = user = None
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), [prompts, policy]) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), [prompts, policy]) as w:
         starts = range(0, len(rows), settings.shard_size)
         bar = tqdm(total=len(rows), desc=f"dialogues ×{settings.turns} turns", unit="dialogue")
         for index, start in enumerate(starts):
@@ -212,4 +212,6 @@ def _summary(rows: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

@@ -19,18 +19,13 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import LogprobsConfig
+from rebelflow.config.campaign import LogprobsConfig
+from rebelflow.ml.batching import batch_logps, pad_id_of
+from rebelflow.ml.distributed import finish_distributed, make_accelerator, zero_stage
+from rebelflow.ml.models import load_causal_lm
 from rebelflow.stages.prepare import SCHEMA as PREPARE_SCHEMA
-from rebelflow.training import (
-    batch_logps,
-    finish_distributed,
-    load_causal_lm,
-    make_accelerator,
-    pad_id_of,
-    zero_stage,
-)
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "logprobs", 1, "dataset"
 SCHEMA = PREPARE_SCHEMA.append(pa.field("chosen_logp_old", pa.float64())).append(
@@ -78,7 +73,7 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
     from accelerate.utils import gather_object
     from transformers import AutoTokenizer
 
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     path = store.model_path(policy)
@@ -97,7 +92,7 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
         gathered = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
         results[split] = (rows, {i: v for part in gathered for i, v in part.items()})
     if accelerator.is_main_process:
-        with store.writer(ref, VERSION, stages.hashed_settings(settings), [pairs, policy]) as w:
+        with store.writer(ref, VERSION, hashed_settings(settings), [pairs, policy]) as w:
             summary = {"hardware": settings.hardware, "processes": accelerator.num_processes}
             for split, (rows, values) in results.items():
                 for i, row in enumerate(rows):  # back in row order
@@ -112,4 +107,6 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

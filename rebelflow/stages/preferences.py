@@ -20,11 +20,11 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.errors import DataError
-from rebelflow.rm_config import PreferenceDataConfig
+from rebelflow.config.errors import DataError
+from rebelflow.config.reward_model import PreferenceDataConfig
 from rebelflow.stages.prompts import MESSAGES, read_dataset, require_columns
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "preferences", 1, "dataset"
 SCHEMA = pa.schema([("id", pa.string()), ("context", MESSAGES), ("chosen", pa.string()),
@@ -92,7 +92,7 @@ def load_pairs(settings: Settings) -> tuple[list[dict], Counter]:
 
 
 def run(settings: Settings, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [])
     if store.is_complete(ref, quarantine=True):
         return ref
     pairs, dropped = load_pairs(settings)
@@ -111,7 +111,7 @@ def run(settings: Settings, *, store: Store) -> ArtifactRef:
         splits = {"train": [pairs[i] for i in order[n_held:]], "heldout": [pairs[i] for i in order[:n_held]]}
         if not splits["train"]:
             raise DataError(f"{len(pairs)} usable pairs leave none to train on. Lower data.heldout_fraction.")
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), []) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), []) as w:
         for split, rows in splits.items():
             if rows:  # heldout_fraction 0: no held-out split
                 w.write_shard(split, 0, rows, SCHEMA)
@@ -128,4 +128,6 @@ def run(settings: Settings, *, store: Store) -> ArtifactRef:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

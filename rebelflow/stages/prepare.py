@@ -23,12 +23,12 @@ from typing import ClassVar
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.chat import tokenize_reply
-from rebelflow.config import PrepareConfig
-from rebelflow.errors import DataError
+from rebelflow.config.campaign import PrepareConfig
+from rebelflow.config.errors import DataError
+from rebelflow.ml.chat import tokenize_reply
 from rebelflow.stages.prompts import MESSAGES
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "prepare", 1, "dataset"
 FILTERS = ("invalid reward", "prompt too long", "no end-of-turn", "identical pair", "response too long")
@@ -97,7 +97,7 @@ def make_pair(s: Settings, tokenizer, row: dict) -> tuple[dict | None, str | Non
 def run(settings: Settings, scored: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
     from transformers import AutoTokenizer
 
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [scored, policy])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [scored, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     tokenizer = AutoTokenizer.from_pretrained(store.model_path(policy), revision=policy.revision)
@@ -118,7 +118,7 @@ def run(settings: Settings, scored: ArtifactRef, policy: ArtifactRef, *, store: 
     order = list(range(len(pairs)))
     random.Random(settings.seed).shuffle(order)
     held = set(order[: settings.validation_pairs])
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), [scored, policy]) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), [scored, policy]) as w:
         w.write_shard("train", 0, [p for i, p in enumerate(pairs) if i not in held], SCHEMA)
         if held:
             w.write_shard("validation", 0, [p for i, p in enumerate(pairs) if i in held], SCHEMA)
@@ -153,4 +153,6 @@ def _summary(rows: list[dict], pairs: list[dict], dropped: Counter, held: int) -
 _CARD = "REBEL pairs (best vs worst reward per prompt), tokenized with loss masks on the replies."
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store, model_identity, sha256_file
-from rebelflow.config import PromptsConfig, Section
-from rebelflow.errors import DataError
+from rebelflow.config.campaign import PromptsConfig, Section
+from rebelflow.config.errors import DataError
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings, model_identity, sha256_file
 
 NAME, VERSION, KIND = "prompts", 4, "dataset"
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -216,12 +216,12 @@ def select(s: Settings, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
 
 
 def run(settings: Settings, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [])
     if store.is_complete(ref, quarantine=True):
         return ref
     rows = load_rows(settings)
     chosen, dropped = select(settings, rows)
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), []) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), []) as w:
         w.write_shard("train", 0, chosen, SCHEMA)
         digest = hashlib.sha256(",".join(r["prompt_id"] for r in chosen).encode()).hexdigest()[:12]
         w.finish(
@@ -239,4 +239,6 @@ def run(settings: Settings, *, store: Store) -> ArtifactRef:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

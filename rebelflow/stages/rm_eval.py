@@ -4,7 +4,7 @@ Consumes a preferences artifact (its `heldout` or `test` split) and either a rew
 rm_train (the second input) or any configured reward (`eval.reward`: classifier, armorm or rule). Produces
 one row per pair: both rewards and `correct` (1 if r_chosen > r_rejected, 0.5 on a tie, 0 otherwise);
 the summary holds the accuracy, per-subset accuracy, the section scores (each section the weighted mean
-of its subsets' accuracies, weights from the chosen weighting — rebelflow/rewardbench.py) and the overall
+of its subsets' accuracies, weights from the chosen weighting — rebelflow/ml/rewardbench.py) and the overall
 score (the mean of the sections), and names the weighting. Pairs whose reward is invalid (NaN) are
 counted and left out. Under `accelerate launch` every GPU scores a share of the pairs, as in score.
 
@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import DTYPE, LauncherConfig, RewardConfig, Section
-from rebelflow.errors import DataError
-from rebelflow.rewardbench import (
+from rebelflow.config.campaign import DTYPE, LauncherConfig, RewardConfig, Section
+from rebelflow.config.errors import DataError
+from rebelflow.ml.distributed import finish_distributed, from_main, join_ranks
+from rebelflow.ml.rewardbench import (
     Weighting,
     correctness,
     overall_score,
@@ -31,7 +30,8 @@ from rebelflow.rewardbench import (
     unweighted_subsets,
 )
 from rebelflow.rewards import load_reward
-from rebelflow.training import finish_distributed, from_main, join_ranks
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "rm_eval", 1, "dataset"
 SCHEMA = pa.schema([("id", pa.string()), ("subset", pa.string()), ("prompt", pa.string()),
@@ -60,7 +60,7 @@ def reward_config(settings: Settings, model: ArtifactRef | None, store: Store) -
 
 def run(settings: Settings, pairs: ArtifactRef, model: ArtifactRef | None = None, *, store: Store) -> ArtifactRef:
     inputs = [pairs] if model is None else [pairs, model]
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, inputs)
+    ref = artifact_ref(NAME, VERSION, KIND, settings, inputs)
     ranks = join_ranks()
     main = ranks is None or ranks.main
     if from_main(ranks, store.is_complete(ref, quarantine=True) if main else None):
@@ -80,7 +80,7 @@ def run(settings: Settings, pairs: ArtifactRef, model: ArtifactRef | None = None
                     "chosen_reward": chosen, "rejected_reward": rejected,
                     "correct": correctness(chosen, rejected) if valid else math.nan})
     if main:
-        with store.writer(ref, VERSION, stages.hashed_settings(settings), inputs) as w:
+        with store.writer(ref, VERSION, hashed_settings(settings), inputs) as w:
             w.write_shard("test", 0, out, SCHEMA)
             w.finish(summary=summarize(out, Weighting(**settings.weighting)),
                      card="Reward-model evaluation: both rewards and correctness per preference pair.")
@@ -116,4 +116,6 @@ def summarize(rows: list[dict], weighting: Weighting) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

@@ -15,35 +15,19 @@ Run alone: python -m rebelflow.stages.rm_train configs/demo-rm.yaml
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from typing import ClassVar
 
 import torch
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.errors import ConfigError, DataError
+from rebelflow.config.errors import ConfigError
+from rebelflow.config.reward_model import RMTrainConfig
 from rebelflow.losses import bradley_terry_loss
+from rebelflow.ml.batching import pad_and_forward
+from rebelflow.ml.driver import Fit, common_summary, fit_model, plan_updates, save_model_artifact
+from rebelflow.ml.models import DTYPES
 from rebelflow.rewards.classifier import reward_ids
-from rebelflow.rm_config import RMTrainConfig
-from rebelflow.tracking import Tracker
-from rebelflow.training import (
-    DTYPES,
-    curve,
-    finish_distributed,
-    gather_weights,
-    means_over_rows,
-    pad_right,
-    per_rank_accumulation,
-    prepare_training,
-    rank_slice,
-    run_updates,
-    save_policy,
-    split,
-    update_plan,
-)
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "rm_train", 1, "model"
 NEW_PAD = "[PAD]"
@@ -91,10 +75,7 @@ def encode_pairs(tokenizer, rows: list[dict], max_length: int) -> list[tuple[lis
 
 def rewards_of(model, seqs: list[list[int]], pad: int) -> torch.Tensor:
     """(B,) the classifier's logit for each right-padded sequence."""
-    dev = next(model.parameters()).device
-    ids = pad_right(seqs, pad).to(dev)
-    mask = pad_right(([1] * len(s) for s in seqs), 0).to(dev)
-    return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    return pad_and_forward(model, seqs, pad)[0].logits[:, 0]
 
 
 def pair_loss(model, micro: list[tuple[list[int], list[int]]], pad: int):
@@ -106,82 +87,43 @@ def pair_loss(model, micro: list[tuple[list[int], list[int]]], pad: int):
 
 
 def run(settings: Settings, pairs: ArtifactRef, base: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [pairs, base])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [pairs, base])
     if store.is_complete(ref, quarantine=True):
         return ref
     torch.manual_seed(settings.seed)  # the new score head's initial weights
     tokenizer, model, how = load_reward_model(store.model_path(base), base.revision, settings.pad_token, settings.dtype)
-    train_rows = encode_pairs(tokenizer, store.read_rows(pairs, "train"), settings.max_length)
     held = store.read_rows(pairs, "heldout") if "heldout" in store.manifest(pairs)["splits"] else []
-    held_rows = encode_pairs(tokenizer, held, settings.max_length)
-    plan = update_plan(len(train_rows), settings.pairs_per_update, settings.epochs, settings.seed)
-    if not plan:
-        raise DataError(
-            f"{len(train_rows)} training pairs, fewer than train.pairs_per_update ({settings.pairs_per_update}). "
-            "Lower train.pairs_per_update or add pairs."
-        )
-    steps = per_rank_accumulation(settings.pairs_per_update, settings.micro_batch_pairs, "train.pairs_per_update")
-    accelerator, model, optimizer, scheduler = prepare_training(
-        model, steps, settings.micro_batch_pairs, settings.lr, settings.betas, 1e-8, settings.weight_decay,
-        len(plan), settings.warmup_ratio)
     pad = tokenizer.pad_token_id
-
-    def validate() -> dict[str, float]:
-        means = means_over_rows(accelerator, held_rows, settings.micro_batch_pairs,
-                                lambda chunk: pair_loss(model, chunk, pad)[1], ("loss", "accuracy"))
-        return {f"heldout_{k}": v for k, v in means.items()}
-
-    tracker = Tracker(settings.tracking if accelerator.is_main_process else None, stages.hashed_settings(settings))
-    started = time.time()
-    model.eval()
-    with torch.no_grad():
-        before = validate() if held_rows else {}  # the untrained score head: about chance
-    history = run_updates(
-        accelerator, model, optimizer, scheduler, len(plan),
-        micro_batches=lambda u: split(rank_slice([train_rows[i] for i in plan[u]], accelerator),
-                                      settings.micro_batch_pairs),
-        loss_fn=lambda micro: pair_loss(model, micro, pad),
-        checkpoint_dir=store.root / ".partial" / ref.id / "checkpoints",
-        checkpoint_every=settings.checkpoint_every,
-        max_grad_norm=settings.max_grad_norm,
-        evaluate=validate if held_rows else None,
-        eval_every=settings.eval_every,
-        say=lambda line: print(line, flush=True),
-        on_update=lambda row: tracker.log(row, step=int(row["update"])),
+    fit = Fit(
+        section="train", per_update_key="pairs_per_update",
+        items=encode_pairs(tokenizer, store.read_rows(pairs, "train"), settings.max_length),
+        per_update=settings.pairs_per_update, micro_batch=settings.micro_batch_pairs,
+        loss=lambda model, micro: pair_loss(model, micro, pad),
+        validation=encode_pairs(tokenizer, held, settings.max_length), validation_keys=("loss", "accuracy"),
+        validation_prefix="heldout_", eval_every=settings.eval_every, validate_before=True,
+        hashed_settings=hashed_settings(settings),
     )
-    weights = gather_weights(accelerator, model)  # every rank: ZeRO-3 gathers its partitions
-    if accelerator.is_main_process:
-        with store.writer(ref, VERSION, stages.hashed_settings(settings), [pairs, base]) as w:
-            save_policy(accelerator, model, weights, tokenizer, w.model_dir())
-            (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-            shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
-            summary = _summary(history, len(train_rows), len(held_rows), time.time() - started)
-            summary["heldout accuracy before training"] = round(before["heldout_accuracy"], 4) if before else None
-            summary.update({"pad token": f"{tokenizer.pad_token} ({how})", "processes": accelerator.num_processes})
-            w.finish(summary=summary, card=_CARD)
-        tracker.finish(summary)
-    finish_distributed()
-    return ref
-
-
-def _summary(history: list[dict], n_train: int, n_held: int, seconds: float) -> dict:
-    evaluated = [h for h in history if "heldout_accuracy" in h]
-    return {
-        "updates": len(history),
-        "train pairs": n_train,
-        "heldout pairs": n_held,
-        "first loss": round(history[0]["loss"], 5),
-        "last loss": round(history[-1]["loss"], 5),
-        "last train accuracy": round(history[-1]["accuracy"], 4),
+    plan = plan_updates(fit, settings, "training pairs", "Lower train.pairs_per_update or add pairs.")
+    trained = fit_model(model, fit, settings, plan, store.root / ".partial" / ref.id / "checkpoints")
+    evaluated = [h for h in trained.history if "heldout_accuracy" in h]
+    summary = {
+        "train pairs": len(fit.items),
+        "heldout pairs": len(fit.validation),
+        "last train accuracy": round(trained.history[-1]["accuracy"], 4),
         "heldout accuracy": round(evaluated[-1]["heldout_accuracy"], 4) if evaluated else None,
-        "mean tokens per second": round(sum(h["tokens_per_second"] for h in history) / len(history), 1),
-        "seconds (this run)": round(seconds, 1),
-        "curve": curve(history, ("update", "loss", "accuracy", "heldout_loss", "heldout_accuracy", "lr")),
+        "heldout accuracy before training": round(trained.before["heldout_accuracy"], 4) if trained.before else None,
+        "pad token": f"{tokenizer.pad_token} ({how})",
+        **common_summary(trained, ("update", "loss", "accuracy", "heldout_loss", "heldout_accuracy", "lr")),
     }
+    save_model_artifact(trained, lambda: store.writer(ref, VERSION, hashed_settings(settings), [pairs, base]),
+                        tokenizer, summary, _CARD)
+    return ref
 
 
 _CARD = ("A Bradley-Terry reward model (sequence classifier, one label: the reward is its logit); "
          "metrics.jsonl has one line per optimizer update.")
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

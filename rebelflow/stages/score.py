@@ -22,13 +22,13 @@ from typing import ClassVar
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import LauncherConfig, RewardConfig, Section
-from rebelflow.errors import DataError
+from rebelflow.config.campaign import LauncherConfig, RewardConfig, Section
+from rebelflow.config.errors import DataError
+from rebelflow.ml.distributed import finish_distributed, from_main, join_ranks
 from rebelflow.rewards import load_reward
 from rebelflow.stages.generate import SCHEMA as GENERATE_SCHEMA
-from rebelflow.training import finish_distributed, from_main, join_ranks
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "score", 1, "dataset"
 SCHEMA = GENERATE_SCHEMA.append(pa.field("rewards", pa.list_(pa.float64()))).append(
@@ -47,7 +47,7 @@ class Settings(Section):
 
 
 def run(settings: Settings, samples: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [samples])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [samples])
     return score_in_shards(
         settings, ref, VERSION, samples, store, score_chunk, SCHEMA, _summary,
         "Sampled responses with one reward each (NaN = invalid, with a reason).",
@@ -78,7 +78,7 @@ def score_in_shards(settings: Settings, ref: ArtifactRef, version: int, source: 
         return ref
     rows = store.read_rows(source)
     starts = range(0, len(rows), settings.shard_size)
-    hashed = stages.hashed_settings(settings)
+    hashed = hashed_settings(settings)
     with store.writer(ref, version, hashed, [source]) if main else contextlib.nullcontext() as w:
         todo = from_main(ranks, [i for i in range(len(starts)) if not w.has_shard("train", i)] if main else None)
         backend = None
@@ -126,4 +126,6 @@ def _summary(rows: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

@@ -18,13 +18,13 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.chat import turn_positions
-from rebelflow.errors import DataError
+from rebelflow.config.errors import DataError
+from rebelflow.ml.chat import turn_positions
 from rebelflow.stages.generate_dialogues import SCHEMA as DIALOGUE_SCHEMA
 from rebelflow.stages.score import Settings as ScoreSettings
 from rebelflow.stages.score import score_in_shards
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref
 
 NAME, VERSION, KIND = "score_dialogues", 1, "dataset"
 SCHEMA = (
@@ -67,7 +67,7 @@ def score_rows(rows: list[dict], backend) -> None:
 
 
 def run(settings: Settings, dialogues: ArtifactRef, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [dialogues])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [dialogues])
     return score_in_shards(
         settings, ref, VERSION, dialogues, store, score_rows, SCHEMA, _summary,
         "Dialogues with a reward for every prefix ending in an assistant reply.",
@@ -92,4 +92,6 @@ def _summary(rows: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

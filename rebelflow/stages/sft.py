@@ -10,37 +10,20 @@ Run alone: python -m rebelflow.stages.sft configs/demo-rebel.yaml
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from collections import Counter
 from typing import ClassVar
 
 import torch
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.chat import tokenize_reply
-from rebelflow.config import SFTConfig
-from rebelflow.errors import DataError
+from rebelflow.config.campaign import SFTConfig
 from rebelflow.losses import masked_nll
+from rebelflow.ml.batching import pad_and_forward, pad_id_of, pad_right
+from rebelflow.ml.chat import tokenize_reply
+from rebelflow.ml.driver import Fit, common_summary, fit_model, plan_updates, save_model_artifact
+from rebelflow.ml.models import load_causal_lm
 from rebelflow.stages.prompts import read_dataset, require_columns
-from rebelflow.tracking import Tracker
-from rebelflow.training import (
-    curve,
-    finish_distributed,
-    gather_weights,
-    load_causal_lm,
-    pad_id_of,
-    pad_right,
-    per_rank_accumulation,
-    prepare_training,
-    rank_slice,
-    run_updates,
-    save_policy,
-    split,
-    update_plan,
-)
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "sft", 1, "model"
 
@@ -78,70 +61,38 @@ def examples(settings: Settings, tokenizer) -> tuple[list[tuple[list[int], list[
     return out, dropped
 
 
+def reply_loss(model, micro: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean negative log-likelihood of the masked (assistant) tokens of a micro-batch of examples."""
+    out, ids = pad_and_forward(model, (ids for ids, _ in micro), pad)
+    loss = masked_nll(out.logits, ids, pad_right((mask for _, mask in micro), 0).to(ids.device))
+    return loss, {"loss": loss.item(), "tokens": sum(len(ids) for ids, _ in micro)}
+
+
 def run(settings: Settings, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
     from transformers import AutoTokenizer
 
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [policy])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     path = store.model_path(policy)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    pad = pad_id_of(tokenizer)
     data, dropped = examples(settings, tokenizer)
-    plan = update_plan(len(data), settings.examples_per_update, settings.epochs, settings.seed)
-    if not plan:
-        raise DataError(
-            f"{len(data)} usable demonstrations (dropped: {dict(dropped)}), fewer than sft.examples_per_update "
-            f"({settings.examples_per_update}). Lower it or add demonstrations."
-        )
+    fit = Fit(section="sft", per_update_key="examples_per_update", items=data,
+              per_update=settings.examples_per_update, micro_batch=settings.micro_batch,
+              loss=lambda model, micro: reply_loss(model, micro, pad), hashed_settings=hashed_settings(settings))
+    plan = plan_updates(fit, settings, f"usable demonstrations (dropped: {dict(dropped)})",
+                        "Lower it or add demonstrations.")
     torch.manual_seed(settings.seed)
     model = load_causal_lm(path, settings.dtype, revision=policy.revision)
-    steps = per_rank_accumulation(settings.examples_per_update, settings.micro_batch, "sft.examples_per_update")
-    accelerator, model, optimizer, scheduler = prepare_training(
-        model, steps, settings.micro_batch, settings.lr, settings.betas, 1e-8, settings.weight_decay, len(plan),
-        settings.warmup_ratio)
-    pad = pad_id_of(tokenizer)
-
-    def loss_fn(micro: list[tuple[list[int], list[int]]]):
-        dev = next(model.parameters()).device
-        ids = pad_right((e[0] for e in micro), pad).to(dev)
-        logits = model(input_ids=ids, attention_mask=pad_right(([1] * len(e[0]) for e in micro), 0).to(dev)).logits
-        loss = masked_nll(logits, ids, pad_right((e[1] for e in micro), 0).to(dev))
-        return loss, {"loss": loss.item(), "tokens": sum(len(e[0]) for e in micro)}
-
-    tracker = Tracker(settings.tracking if accelerator.is_main_process else None, stages.hashed_settings(settings))
-    started = time.time()
-    history = run_updates(
-        accelerator, model, optimizer, scheduler, len(plan),
-        micro_batches=lambda u: split(rank_slice([data[i] for i in plan[u]], accelerator), settings.micro_batch),
-        loss_fn=loss_fn,
-        checkpoint_dir=store.root / ".partial" / ref.id / "checkpoints",
-        checkpoint_every=settings.checkpoint_every,
-        say=lambda line: print(line, flush=True),
-        on_update=lambda row: tracker.log(row, step=int(row["update"])),
-    )
-    weights = gather_weights(accelerator, model)  # every rank: ZeRO-3 gathers its partitions
-    if not accelerator.is_main_process:
-        finish_distributed()
-        return ref
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), [policy]) as w:
-        save_policy(accelerator, model, weights, tokenizer, w.model_dir())
-        (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-        shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
-        summary = {
-            "examples": len(data),
-            "dropped": dict(dropped),
-            "updates": len(history),
-            "first loss": round(history[0]["loss"], 5),
-            "last loss": round(history[-1]["loss"], 5),
-            "seconds (this run)": round(time.time() - started, 1),
-            "curve": curve(history, ("update", "loss", "lr")),
-        }
-        w.finish(summary=summary,
-                 card="The starting policy after supervised fine-tuning on demonstrations (assistant tokens only).")
-    tracker.finish(summary)
-    finish_distributed()
+    trained = fit_model(model, fit, settings, plan, store.root / ".partial" / ref.id / "checkpoints")
+    summary = {"examples": len(data), "dropped": dict(dropped), **common_summary(trained, ("update", "loss", "lr"))}
+    save_model_artifact(trained, lambda: store.writer(ref, VERSION, hashed_settings(settings), [policy]), tokenizer,
+                        summary, "The starting policy after supervised fine-tuning on demonstrations (assistant tokens only).")
     return ref
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

@@ -7,19 +7,19 @@ Run alone: python -m rebelflow.stages.tiny_model configs/demo-rebel.yaml
 
 from __future__ import annotations
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import TinyModelConfig as Settings
-from rebelflow.tiny import build_policy
+from rebelflow.config.campaign import TinyModelConfig as Settings
+from rebelflow.ml.tiny import build_policy
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "tiny_model", 1, "model"
 
 
 def run(settings: Settings, *, store: Store) -> ArtifactRef:
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [])
     if store.is_complete(ref, quarantine=True):
         return ref
-    with store.writer(ref, VERSION, stages.hashed_settings(settings), []) as w:
+    with store.writer(ref, VERSION, hashed_settings(settings), []) as w:
         path = build_policy(w.model_dir(), settings)
         params = sum(f.stat().st_size for f in path.glob("*.safetensors")) // 4
         w.finish(
@@ -30,4 +30,6 @@ def run(settings: Settings, *, store: Store) -> ArtifactRef:
 
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

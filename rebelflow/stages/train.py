@@ -15,37 +15,17 @@ Run alone: python -m rebelflow.stages.train configs/demo-rebel.yaml --round 1
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from typing import ClassVar
 
 import torch
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import TrainConfig
-from rebelflow.errors import DataError
+from rebelflow.config.campaign import TrainConfig
 from rebelflow.losses import rebel_loss
-from rebelflow.tracking import Tracker
-from rebelflow.training import (
-    batch_logps,
-    curve,
-    finish_distributed,
-    gather_weights,
-    load_causal_lm,
-    means_over_rows,
-    pad_id_of,
-    per_rank_accumulation,
-    prepare_training,
-    rank_slice,
-    run_updates,
-    save_policy,
-    set_trainable,
-    split,
-    update_plan,
-    zero_stage,
-)
+from rebelflow.ml.batching import batch_logps, pad_id_of
+from rebelflow.ml.driver import Fit, common_summary, fit_model, plan_updates, save_model_artifact
+from rebelflow.ml.models import load_causal_lm, set_trainable
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "train", 1, "model"
 
@@ -79,82 +59,43 @@ def pair_loss(model, rows: list[dict], settings: Settings, pad: int) -> tuple[to
 def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
     from transformers import AutoTokenizer
 
-    ref = stages.artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
-    train_rows, val_rows = store.read_rows(pairs, "train"), store.read_rows(pairs, "validation")
-    plan = update_plan(len(train_rows), settings.pairs_per_update, settings.epochs, settings.seed)
-    if not plan:
-        raise DataError(
-            f"{len(train_rows)} training pairs, fewer than train.pairs_per_update ({settings.pairs_per_update}): "
-            "no full update. Lower train.pairs_per_update or use more prompts."
-        )
-    steps = per_rank_accumulation(settings.pairs_per_update, settings.micro_batch_pairs, "train.pairs_per_update")
+    fit = Fit(
+        section="train", per_update_key="pairs_per_update", items=store.read_rows(pairs, "train"),
+        per_update=settings.pairs_per_update, micro_batch=settings.micro_batch_pairs,
+        loss=lambda model, micro: pair_loss(model, micro, settings, pad),
+        validation=store.read_rows(pairs, "validation"), validation_keys=("loss", "sign_agreement"),
+        eval_every=settings.eval_every, hashed_settings=hashed_settings(settings),
+    )
+    plan = plan_updates(fit, settings, "training pairs", "Lower train.pairs_per_update or use more prompts.")
     torch.manual_seed(settings.seed)
     path = store.model_path(policy)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    pad = pad_id_of(tokenizer)
     model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
     model, trainable = set_trainable(model, settings.trainable, settings.lora)
-    accelerator, model, optimizer, scheduler = prepare_training(
-        model, steps, settings.micro_batch_pairs, settings.lr, settings.betas, settings.eps, settings.weight_decay,
-        len(plan), settings.warmup_ratio)
-    pad = pad_id_of(tokenizer)
-
-    def validate() -> dict[str, float]:
-        means = means_over_rows(accelerator, val_rows, settings.micro_batch_pairs,
-                                lambda chunk: pair_loss(model, chunk, settings, pad)[1], ("loss", "sign_agreement"))
-        return {f"val_{k}": v for k, v in means.items()}
-
-    tracker = Tracker(settings.tracking if accelerator.is_main_process else None, stages.hashed_settings(settings))
-    started = time.time()
-    history = run_updates(
-        accelerator, model, optimizer, scheduler, len(plan),
-        micro_batches=lambda u: split(rank_slice([train_rows[i] for i in plan[u]], accelerator), settings.micro_batch_pairs),
-        loss_fn=lambda micro: pair_loss(model, micro, settings, pad),
-        checkpoint_dir=store.root / ".partial" / ref.id / "checkpoints",
-        checkpoint_every=settings.checkpoint_every,
-        max_grad_norm=settings.max_grad_norm,
-        evaluate=validate,
-        eval_every=settings.eval_every,
-        say=lambda line: print(line, flush=True),
-        on_update=lambda row: tracker.log(row, step=int(row["update"])),
-    )
-    weights = gather_weights(accelerator, model)  # every rank: ZeRO-3 gathers its partitions
-    if accelerator.is_main_process:
-        lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
-        with store.writer(ref, VERSION, stages.hashed_settings(settings), [pairs, policy]) as w:
-            save_policy(accelerator, model, weights, tokenizer, w.model_dir(), lora)
-            (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-            shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
-            summary = _summary(history, len(train_rows), len(val_rows), trainable, time.time() - started)
-            summary["processes"] = accelerator.num_processes
-            summary["deepspeed ZeRO stage"] = zero_stage(accelerator)
-            w.finish(summary=summary, card=_CARD)
-        tracker.finish(summary)
-    finish_distributed()
-    return ref
-
-
-def _summary(history: list[dict], n_train: int, n_val: int, trainable: int, seconds: float) -> dict:
-    last = history[-1]
-    evaluated = [h for h in history if "val_loss" in h]
-    return {
-        "updates": len(history),
-        "train pairs": n_train,
-        "validation pairs": n_val,
+    trained = fit_model(model, fit, settings, plan, store.root / ".partial" / ref.id / "checkpoints")
+    evaluated = [h for h in trained.history if "val_loss" in h]
+    summary = {
+        "train pairs": len(fit.items),
+        "validation pairs": len(fit.validation),
         "trainable parameters": trainable,
-        "first loss": round(history[0]["loss"], 5),
-        "last loss": round(last["loss"], 5),
         "first val_loss": round(evaluated[0]["val_loss"], 5) if evaluated else None,
         "last val_loss": round(evaluated[-1]["val_loss"], 5) if evaluated else None,
         "last val_sign_agreement": round(evaluated[-1]["val_sign_agreement"], 4) if evaluated else None,
-        "mean tokens per second": round(sum(h["tokens_per_second"] for h in history) / len(history), 1),
-        "seconds (this run)": round(seconds, 1),
-        "curve": curve(history, ("update", "loss", "sign_agreement", "val_loss", "val_sign_agreement", "lr")),
+        **common_summary(trained, ("update", "loss", "sign_agreement", "val_loss", "val_sign_agreement", "lr")),
     }
+    lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
+    save_model_artifact(trained, lambda: store.writer(ref, VERSION, hashed_settings(settings), [pairs, policy]),
+                        tokenizer, summary, _CARD, lora)
+    return ref
 
 
 _CARD = "The policy after one REBEL round; metrics.jsonl has one line per optimizer update."
 
 if __name__ == "__main__":
-    raise SystemExit(stages.main(NAME))
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))

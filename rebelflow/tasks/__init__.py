@@ -14,10 +14,11 @@ from prefect.cache_policies import CachePolicy
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.errors import RebelflowError
-from rebelflow.launch import StageProcessError, launch
-from rebelflow.stages import StageJob
+from rebelflow.config.errors import RebelflowError
+from rebelflow.planning.jobs import StageJob
+from rebelflow.running.launch import StageProcessError, launch
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef
 
 
 class StageCache(CachePolicy):

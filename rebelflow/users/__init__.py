@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from rebelflow.config import UserConfig
+from rebelflow.config.campaign import UserConfig
 
 Message = dict[str, str]
 
@@ -55,13 +55,13 @@ def load_user(cfg: UserConfig) -> SimulatedUser:
 def user_identity(cfg: UserConfig) -> str:
     """What determines the user's behaviour, for fingerprints."""
     if cfg.kind == "scripted":
-        from rebelflow.callables import source_hash
+        from rebelflow.config.callables import source_hash
 
         return source_hash(cfg.function, "dialogue.user.function")
     if cfg.kind == "llm" and cfg.engine == "openai":
         return f"openai:{cfg.openai.model}"
     if cfg.kind == "llm":
-        from rebelflow.artifacts import model_identity
+        from rebelflow.store.refs import model_identity
 
         return model_identity(cfg.model, cfg.revision)
     return f"dataset:{cfg.turns_column}"

@@ -4,7 +4,7 @@ next user turn is the text after the last `Question:`, or the whole answer when 
 
 from __future__ import annotations
 
-from rebelflow.config import UserConfig
+from rebelflow.config.campaign import UserConfig
 from rebelflow.engines import SamplingParams, load_engine
 from rebelflow.users import Message, UserRequest, UserTurn
 

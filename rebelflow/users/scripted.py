@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rebelflow.callables import load_callable
+from rebelflow.config.callables import load_callable
 from rebelflow.users import UserRequest, UserTurn
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rebelflow.config import LauncherConfig, TinyModelConfig
-from rebelflow.launch import _entry, kill_tree, launch
-from rebelflow.plan import Baseline, round_jobs
+from rebelflow.config.campaign import LauncherConfig, TinyModelConfig
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.running.launch import _entry, kill_tree, launch
 from tests.conftest import REPO, make_config
 from tests.stages.helpers import run_round
 
@@ -28,7 +28,7 @@ def zero(stage: int) -> dict:
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> str:
-    from rebelflow.tiny import build_policy
+    from rebelflow.ml.tiny import build_policy
 
     return str(build_policy(tmp_path_factory.mktemp("policy32"), TINY_32))
 
@@ -43,7 +43,7 @@ def prepared(tmp_path, prompts_file, policy):
 
 
 def job_named(cfg, policy_ref, name, launcher):
-    jobs = round_jobs(cfg.model_copy(update={"stop_after": "train"}), 1, policy_ref, Baseline())
+    jobs = round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy_ref, Baseline()).jobs()
     job = next(j for j in jobs if j.name == name)
     return job.model_copy(update={"launcher": LauncherConfig(**launcher)})
 
@@ -136,13 +136,13 @@ def test_reward_model_training_over_two_zero3_ranks_saves_a_classifier(tmp_path)
     held-out accuracy rises, and the saved folder is a plain classifier the reward backend scores with."""
     from transformers import AutoTokenizer
 
-    from rebelflow.artifacts import Store
-    from rebelflow.config import RewardConfig
-    from rebelflow.config_io import load_config
+    from rebelflow.config.campaign import RewardConfig
+    from rebelflow.config.loading import load_config
+    from rebelflow.config.reward_model import RMConfig
+    from rebelflow.ml.tiny import build_policy
+    from rebelflow.planning.reward_model import rm_jobs
     from rebelflow.rewards.classifier import ClassifierReward
-    from rebelflow.rm_config import RMConfig
-    from rebelflow.rm_plan import rm_jobs
-    from rebelflow.tiny import build_policy
+    from rebelflow.store.local import Store
 
     base = build_policy(tmp_path / "base", TINY_32)
     tok = AutoTokenizer.from_pretrained(base)

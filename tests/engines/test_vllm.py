@@ -12,12 +12,14 @@ import urllib.request
 
 import pytest
 
-from rebelflow.artifacts import Store, external_model
-from rebelflow.chat import end_of_turn_ids
-from rebelflow.config import TinyModelConfig
-from rebelflow.launch import launch
-from rebelflow.plan import Baseline, round_jobs
-from rebelflow.stages import generate, make_job
+from rebelflow.config.campaign import TinyModelConfig
+from rebelflow.ml.chat import end_of_turn_ids
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.planning.jobs import make_job
+from rebelflow.running.launch import launch
+from rebelflow.stages import generate
+from rebelflow.store.local import Store
+from rebelflow.store.refs import external_model
 from tests.conftest import REPO, make_config
 
 pytestmark = pytest.mark.vllm
@@ -38,7 +40,7 @@ def policy(tmp_path_factory) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rebelflow.tiny import build_policy
+    from rebelflow.ml.tiny import build_policy
 
     path = build_policy(tmp_path_factory.mktemp("policy32"), TINY_32)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -62,7 +64,7 @@ def test_generate_runs_in_the_vllm_environment_and_greedy_matches_transformers(t
 
     cfg = vllm_config(tmp_path, prompts_file, policy)
     store = Store(cfg.store.root)
-    prompts_job, sample_job = round_jobs(cfg, 1, external_model(policy), Baseline())
+    prompts_job, sample_job = round_plan(cfg, 1, external_model(policy), Baseline()).jobs()
     launch(prompts_job, store)
     launch(sample_job, store)
     rows = store.read_rows(sample_job.ref)
@@ -122,7 +124,7 @@ def served_user(policy, tmp_path_factory):
 
 def test_multi_turn_generation_with_a_vllm_policy_and_an_openai_compatible_user(tmp_path, prompts_file, policy,
                                                                               served_user):
-    from rebelflow.chat import turn_positions
+    from rebelflow.ml.chat import turn_positions
 
     base_url, server_log = served_user
     user = {"kind": "llm", "engine": "openai", "openai": {"base_url": base_url, "model": "tiny-user",
@@ -130,7 +132,7 @@ def test_multi_turn_generation_with_a_vllm_policy_and_an_openai_compatible_user(
             "max_new_tokens": 12, "temperature": 1.0}
     cfg = vllm_config(tmp_path, prompts_file, policy, dialogue={"turns": 2, "user": user})
     store = Store(cfg.store.root)
-    prompts_job, dialogue_job = round_jobs(cfg, 1, external_model(policy), Baseline())
+    prompts_job, dialogue_job = round_plan(cfg, 1, external_model(policy), Baseline()).jobs()
     launch(prompts_job, store)
     rows = store.read_rows(launch(dialogue_job, store))
     valid = [r for r in rows if r["invalid_reason"] is None]

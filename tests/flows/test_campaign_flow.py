@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rebelflow.artifacts import Store
 from rebelflow.cli import app
-from rebelflow.errors import DataError
+from rebelflow.config.errors import DataError
 from rebelflow.flows.campaign import campaign_flow
-from rebelflow.history import read_history
-from rebelflow.plan import campaign_jobs
+from rebelflow.ops.history import read_history
+from rebelflow.planning.campaign import campaign_jobs
+from rebelflow.store.local import Store
 from tests.conftest import make_config
 
 ROUND0 = [(0, "tiny_model"), (0, "eval_prompts"), (0, "eval_generate"), (0, "eval_score")]

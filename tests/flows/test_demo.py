@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from rebelflow.config_io import load_config
+from rebelflow.config.loading import load_config
 from rebelflow.flows.campaign import campaign_flow
 from tests.conftest import REPO
 

@@ -89,7 +89,7 @@ def test_network_errors_are_retried_and_leave_the_store_intact(hub, tmp_path, pr
     index = json.loads((store / "campaigns/flaky/index.json").read_text())["rounds"]
     assert all("hub" in entry for stages in index.values() for entry in stages.values())
     assert hub.state.fail_next == 0  # all three faults were met, and retried past
-    from rebelflow.artifacts import Store
+    from rebelflow.store.local import Store
 
     st = Store(store)
     assert all(st.verify(st.find(e["id"])) is None for stages in index.values() for e in stages.values())

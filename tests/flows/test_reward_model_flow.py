@@ -63,7 +63,7 @@ def test_rm_eval_before_rm_train_says_what_to_run(tmp_path):
 
 
 def test_a_campaign_scores_with_the_trained_reward_model(trained, tmp_path, prompts_file, tiny_policy):
-    from rebelflow.config import RewardConfig
+    from rebelflow.config.campaign import RewardConfig
     from rebelflow.rewards.classifier import ClassifierReward
 
     store, _, summary = trained
@@ -82,7 +82,7 @@ def test_a_campaign_scores_with_the_trained_reward_model(trained, tmp_path, prom
 
 
 def test_reward_artifact_errors_name_the_fix(tmp_path, prompts_file, trained):
-    from rebelflow.errors import ConfigError
+    from rebelflow.config.errors import ConfigError
 
     store, _, summary = trained
     with pytest.raises(ConfigError, match=r"\[reward.artifact\] 'rm_train-nope' matches no artifact.*rm-train"):
@@ -99,9 +99,9 @@ def test_the_ui_gets_section_scores_and_the_accuracy_curve(trained):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from rebelflow.config_io import load_config
+    from rebelflow.config.loading import load_config
+    from rebelflow.config.reward_model import RMConfig
     from rebelflow.flows.reward_model import reward_model_flow
-    from rebelflow.rm_config import RMConfig
 
     store, _, summary = trained
     cfg = load_config(DEMO, store=str(store), root=RMConfig)

@@ -42,7 +42,7 @@ def serve_prefect(home: Path, *extra: str):
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from rebelflow.launch import kill_tree
+    from rebelflow.running.launch import kill_tree
 
     @contextlib.contextmanager
     def running():

@@ -84,7 +84,7 @@ def served(prefect_server, tmp_path, prompts_file):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deployment = wait_for_deployment("campaign-next-round/sched-test", proc)
     yield deployment, tmp_path / "store", marker
-    from rebelflow.launch import kill_tree
+    from rebelflow.running.launch import kill_tree
 
     kill_tree(proc.pid)
 
@@ -148,7 +148,7 @@ def test_prefect_yaml_deploys_on_a_real_server(prefect_server):
 def test_a_deployment_on_a_work_pool_runs_on_rebelflow_worker(prefect_server, tmp_path, prompts_file):
     """`rebelflow deploy --pool` registers the deployment with this checkout as its code and returns;
     `rebelflow worker --pool` runs its flow runs."""
-    from rebelflow.launch import kill_tree
+    from rebelflow.running.launch import kill_tree
 
     cfg = make_config(tmp_path, prompts_file, campaign="pooled", stop_after="generate")
     path = tmp_path / "campaign.yaml"

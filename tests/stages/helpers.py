@@ -1,6 +1,7 @@
-from rebelflow.artifacts import Store, external_model
-from rebelflow.launch import launch
-from rebelflow.plan import Baseline, baseline, round_jobs
+from rebelflow.planning.campaign import Baseline, baseline, round_plan
+from rebelflow.running.launch import launch
+from rebelflow.store.local import Store
+from rebelflow.store.refs import external_model
 
 
 def run_round(cfg, policy_path: str, upto: str = "prepare"):
@@ -15,7 +16,7 @@ def run_round(cfg, policy_path: str, upto: str = "prepare"):
         base = baseline(cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"model": policy_path})}))
         for job in base.jobs:
             refs[f"baseline_{job.name}"] = launch(job, store)
-    for job in round_jobs(cfg, 1, policy, base):
+    for job in round_plan(cfg, 1, policy, base).jobs():
         refs[job.name] = launch(job, store)
         if job.name == upto:
             break

@@ -5,10 +5,10 @@ import sys
 import pytest
 import torch
 
-from rebelflow.config import RewardConfig
-from rebelflow.errors import ConfigError
+from rebelflow.config.campaign import RewardConfig
+from rebelflow.config.errors import ConfigError
+from rebelflow.ml.tiny import build_tokenizer
 from rebelflow.rewards import load_reward
-from rebelflow.tiny import build_tokenizer
 from tests.conftest import make_config
 
 MODELING = '''

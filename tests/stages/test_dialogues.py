@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
-from rebelflow.chat import turn_positions
-from rebelflow.config import UserConfig
+from rebelflow.config.campaign import UserConfig
 from rebelflow.engines import Completion
+from rebelflow.ml.chat import turn_positions
 from rebelflow.stages import generate_dialogues, prepare_dialogues, score_dialogues
 from rebelflow.users import UserRequest, load_user
 from rebelflow.users.llm import parse_reply, render_transcript
@@ -216,15 +216,16 @@ def test_per_turn_scores_copy_the_shared_turns():
 
 
 def test_dialogue_generation_resumes_by_shard(tmp_path, prompts_file, tiny_policy, monkeypatch):
-    from rebelflow.artifacts import Store, external_model
-    from rebelflow.launch import launch
-    from rebelflow.plan import Baseline, round_jobs
+    from rebelflow.planning.campaign import Baseline, round_plan
+    from rebelflow.running.launch import launch
+    from rebelflow.store.local import Store
+    from rebelflow.store.refs import external_model
     from tests.conftest import make_config
 
     cfg = make_config(tmp_path, prompts_file, stop_after="generate",
                       dialogue={"turns": 2, "user": USER.model_dump()})
     store = Store(cfg.store.root)
-    jobs = round_jobs(cfg, 1, external_model(tiny_policy), Baseline())
+    jobs = round_plan(cfg, 1, external_model(tiny_policy), Baseline()).jobs()
     launch(jobs[0], store)
     real, calls, failed = generate_dialogues.rollout, [], []
 
@@ -248,8 +249,8 @@ def test_dialogue_generation_resumes_by_shard(tmp_path, prompts_file, tiny_polic
 def test_per_turn_win_rates_by_hand():
     """REFUEL's table: turn t compares the two policies' rewards of the prefix ending at reply t; ties count
     half, a missing or invalid reward leaves the prompt out of that turn, the average is over turns."""
+    from rebelflow.flows.summary import by_turn_text
     from rebelflow.stages import evaluate_dialogues
-    from rebelflow.summary import by_turn_text
 
     def row(pid, rewards):
         return {"prompt_id": pid, "messages": [], "rollout1": [{"role": "assistant", "content": "4"}], "rewards1": rewards}

@@ -2,12 +2,13 @@ import math
 
 import pytest
 
-from rebelflow import stages
-from rebelflow.artifacts import Store, external_model
-from rebelflow.errors import DataError
-from rebelflow.launch import launch
-from rebelflow.plan import Baseline, round_jobs
+from rebelflow.config.errors import DataError
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.running import stage_cli
+from rebelflow.running.launch import launch
 from rebelflow.stages import generate, prepare
+from rebelflow.store.local import Store
+from rebelflow.store.refs import external_model
 from tests.conftest import make_config
 from tests.stages.helpers import run_round
 
@@ -35,7 +36,7 @@ def test_generate_n_seeded_samples_per_prompt(tmp_path, prompts_file, tiny_polic
 def test_generate_resumes_after_the_last_finished_shard(tmp_path, prompts_file, tiny_policy, monkeypatch):
     cfg = make_config(tmp_path, prompts_file)
     store = Store(cfg.store.root)
-    jobs = round_jobs(cfg.model_copy(update={"stop_after": "generate"}), 1, external_model(tiny_policy), Baseline())
+    jobs = round_plan(cfg.model_copy(update={"stop_after": "generate"}), 1, external_model(tiny_policy), Baseline()).jobs()
     launch(jobs[0], store)
     calls = []
     real = generate.load_engine
@@ -131,7 +132,7 @@ def test_prepare_pairs_best_against_worst_with_reply_masks(tmp_path, prompts_fil
 
 
 def test_prepare_filters_are_counted_per_reason():
-    from rebelflow.tiny import build_tokenizer
+    from rebelflow.ml.tiny import build_tokenizer
 
     tok = build_tokenizer(600)
     s = prepare.Settings(max_prompt_tokens=64, max_response_tokens=8, require_eot=True, validation_pairs=0)
@@ -165,10 +166,10 @@ def test_stage_runs_alone_from_the_command_line(tmp_path, prompts_file, tiny_pol
         f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
         f"generate: {{n: 2, max_new_tokens: 4}}\nprepare: {{validation_pairs: 1}}\nstop_after: prepare\nstore: {{root: {tmp_path / 's'}}}\n"
     )
-    assert stages.main("generate", [str(cfg_file)]) == 3
+    assert stage_cli.main("generate", [str(cfg_file)]) == 3
     assert "are not in" in capsys.readouterr().err
-    assert stages.main("prompts", [str(cfg_file)]) == 0
-    assert stages.main("generate", [str(cfg_file)]) == 0
+    assert stage_cli.main("prompts", [str(cfg_file)]) == 0
+    assert stage_cli.main("generate", [str(cfg_file)]) == 0
     assert "generate round 1:" in capsys.readouterr().out
 
 
@@ -182,7 +183,7 @@ def test_two_processes_making_the_same_artifact_make_it_once(tmp_path, prompts_f
         f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
         f"generate: {{n: 2, max_new_tokens: 8}}\nprepare: {{validation_pairs: 1}}\nstop_after: prepare\nstore: {{root: {tmp_path / 's'}}}\n"
     )
-    assert stages.main("prompts", [str(cfg_file)]) == 0
+    assert stage_cli.main("prompts", [str(cfg_file)]) == 0
     cmd = [sys.executable, "-m", "rebelflow.stages.generate", str(cfg_file)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -198,15 +199,15 @@ def test_score_shared_over_two_ranks_equals_one_process(tmp_path, prompts_file, 
     loads the classifier and scores its share; the main process writes the same rewards in the same order."""
     import shutil
 
-    from rebelflow.config import LauncherConfig
+    from rebelflow.config.campaign import LauncherConfig
 
     cfg = make_config(tmp_path, prompts_file, score={"shard_size": 5},
                       reward={"backend": "classifier", "function": None, "model": tiny_classifier, "batch_size": 2})
     store, refs, _ = run_round(cfg, tiny_policy, upto="score")
     one = [(r["prompt_id"], r["rewards"]) for r in store.read_rows(refs["score"])]
     shutil.move(store.path(refs["score"]), tmp_path / "one-process")
-    job = next(j for j in round_jobs(cfg.model_copy(update={"stop_after": "score"}), 1, external_model(tiny_policy),
-                                     Baseline()) if j.name == "score")
+    job = next(j for j in round_plan(cfg.model_copy(update={"stop_after": "score"}), 1, external_model(tiny_policy),
+                                     Baseline()).jobs() if j.name == "score")
     job = job.model_copy(update={"launcher": LauncherConfig(kind="accelerate", num_processes=2)})
     assert launch(job, store) == refs["score"]
     two = [(r["prompt_id"], r["rewards"]) for r in store.read_rows(refs["score"])]

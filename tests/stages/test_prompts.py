@@ -1,16 +1,16 @@
 import pytest
 
-from rebelflow.artifacts import Store
-from rebelflow.errors import DataError
-from rebelflow.stages import run_job
+from rebelflow.config.errors import DataError
+from rebelflow.running.stage_cli import run_job
+from rebelflow.store.local import Store
 from tests.conftest import make_config, write_prompts
 
 
 def _jobs(cfg, k):
-    from rebelflow import stages
+    from rebelflow.planning.jobs import make_job
     from rebelflow.stages import prompts
 
-    return stages.make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k), [])
+    return make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k), [])
 
 
 def test_rows_without_prompt_are_dropped_and_counted(tmp_path):
@@ -122,9 +122,9 @@ def test_hh_transcripts_and_message_lists_give_the_prompt_and_the_later_user_tur
     ])
     cfg = make_config(tmp_path, path, prompts={"source": str(path), "prompt_column": None, "id_column": "id",
                                                "messages_column": "chosen", "first_turn_only": True})
-    from rebelflow import stages
+    from rebelflow.planning.jobs import make_job
 
-    job = stages.make_job(prompts, 1, prompts.Settings.from_config(cfg.prompts, 1, user_turns_column="chosen"), [])
+    job = make_job(prompts, 1, prompts.Settings.from_config(cfg.prompts, 1, user_turns_column="chosen"), [])
     store = Store(cfg.store.root)
     ref = run_job(job, store)
     assert {r["prompt_id"]: (r["messages"], r["user_turns"]) for r in store.read_rows(ref)} == {

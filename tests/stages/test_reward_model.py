@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from rebelflow.artifacts import Store
-from rebelflow.errors import ConfigError
-from rebelflow.plan import _data_identity
+from rebelflow.config.errors import ConfigError
 from rebelflow.rewards.classifier import reward_ids
 from rebelflow.stages import preferences
 from rebelflow.stages.rm_train import NEW_PAD, load_reward_model
+from rebelflow.store.local import Store
+from rebelflow.store.refs import data_identity
 from tests.conftest import REPO, TINY
 
 DATA = REPO / "configs/data"
 
 
 def run_preferences(tmp_path, source, **extra):
-    settings = preferences.Settings(source=str(source), data_identity=_data_identity(str(source), "train"), **extra)
+    settings = preferences.Settings(source=str(source), data_identity=data_identity(str(source), "train"), **extra)
     store = Store(tmp_path / "store")
     return store, preferences.run(settings, store=store)
 
@@ -57,7 +57,7 @@ def test_rewardbench_format_is_recognised(tmp_path):
 @pytest.fixture
 def policy_without_pad(tmp_path):
     """A tiny causal LM whose tokenizer has no pad token (like Llama-3's)."""
-    from rebelflow.tiny import build_policy
+    from rebelflow.ml.tiny import build_policy
 
     path = build_policy(tmp_path / "nopad", TINY)
     from transformers import AutoTokenizer

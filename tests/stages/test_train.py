@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rebelflow.artifacts import external_model
-from rebelflow.launch import _entry, launch
-from rebelflow.plan import Baseline, round_jobs
+from rebelflow.ml.models import load_causal_lm, set_trainable
+from rebelflow.ml.tiny import build_tokenizer
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.running.launch import _entry, launch
 from rebelflow.stages import evaluate, sft
-from rebelflow.tiny import build_tokenizer
-from rebelflow.training import load_causal_lm, set_trainable
+from rebelflow.store.refs import external_model
 from tests.conftest import make_config, write_prompts
 from tests.stages.helpers import run_round
 
@@ -84,7 +84,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, prompts_file, tin
     cfg = make_config(tmp_path, prompts_file, train={
         "epochs": 30, "checkpoint_every": 4, "launcher": {"kind": "accelerate"}})
     store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
-    job = next(j for j in round_jobs(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline())
+    job = next(j for j in round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline()).jobs()
                if j.stage == "train")
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
@@ -143,7 +143,7 @@ def test_sft_masks_assistant_tokens_and_lowers_the_loss(tmp_path, tiny_policy):
     turns, _ = sft.examples(multi, tok)
     assert [tok.decode([t for t, m in zip(i, k, strict=True) if m]) for i, k in turns] == [
         "Hello<|im_end|>", "4<|im_end|>"]
-    from rebelflow.artifacts import Store
+    from rebelflow.store.local import Store
 
     store = Store(tmp_path / "store")
     ref = sft.run(settings, external_model(tiny_policy), store=store)

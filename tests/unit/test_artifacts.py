@@ -4,8 +4,9 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from rebelflow import artifacts
-from rebelflow.artifacts import ArtifactRef, Store, fingerprint
+from rebelflow.store import local
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, fingerprint
 
 SCHEMA = pa.schema([("x", pa.int64()), ("text", pa.string())])
 
@@ -89,10 +90,10 @@ def test_missing_file_and_missing_manifest(tmp_path):
 def test_verification_is_remembered_by_size_and_mtime(tmp_path, monkeypatch):
     store = Store(tmp_path)
     ref = make(store)
-    artifacts._VERIFIED.clear()
+    local.forget_verifications()
     calls = []
-    real = artifacts.sha256_file
-    monkeypatch.setattr(artifacts, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = local.sha256_file
+    monkeypatch.setattr(local, "sha256_file", lambda p: calls.append(p) or real(p))
     assert store.verify(ref) is None
     hashed = len(calls)
     assert hashed == 3
@@ -106,7 +107,7 @@ def test_an_artifact_whose_input_was_remade_is_stale(tmp_path):
     parent = make(store, "parent")
     child = make(store, "child", inputs=[parent])
     assert store.is_complete(child)
-    artifacts._VERIFIED.clear()
+    local.forget_verifications()
     import shutil
 
     shutil.rmtree(store.path(parent))

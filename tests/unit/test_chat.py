@@ -4,9 +4,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from rebelflow.chat import end_of_turn_ids, tokenize_reply
-from rebelflow.errors import DataError
-from rebelflow.tiny import build_tokenizer
+from rebelflow.config.errors import DataError
+from rebelflow.ml.chat import end_of_turn_ids, tokenize_reply
+from rebelflow.ml.tiny import build_tokenizer
 
 # The chat template that ships with Meta-Llama-3-8B-Instruct.
 LLAMA3_TEMPLATE = (

@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rebelflow.cli import app
-from rebelflow.config_io import load_config
-from rebelflow.errors import ConfigError
-from rebelflow.plan import campaign_jobs
+from rebelflow.config.errors import ConfigError
+from rebelflow.config.loading import load_config
+from rebelflow.planning.campaign import campaign_jobs
 from tests.conftest import REPO, make_config
 
 ALL_PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -22,9 +22,9 @@ def test_there_are_presets():
 
 @pytest.mark.parametrize("preset", RM_PRESETS, ids=lambda p: p.name)
 def test_every_reward_model_preset_loads_and_plans(preset, tmp_path):
-    from rebelflow.artifacts import Store
-    from rebelflow.rm_config import RMConfig
-    from rebelflow.rm_plan import rm_jobs
+    from rebelflow.config.reward_model import RMConfig
+    from rebelflow.planning.reward_model import rm_jobs
+    from rebelflow.store.local import Store
 
     cfg = load_config(preset, root=RMConfig, store=str(tmp_path))
     if cfg.data is not None:
@@ -132,8 +132,8 @@ def test_cli_config_error_exits_2_before_any_stage(tmp_path):
 
 
 def test_engine_and_launcher_settings_are_checked(tmp_path, prompts_file):
-    from rebelflow.errors import ConfigError
-    from rebelflow.plan import check_engines
+    from rebelflow.config.errors import ConfigError
+    from rebelflow.planning.preflight import check_engines
     from tests.conftest import make_config
 
     with pytest.raises(ConfigError, match="set kind: subprocess"):
@@ -189,7 +189,7 @@ def test_doctor_names_what_a_config_needs(tmp_path, monkeypatch):
 
 
 def test_model_stages_take_the_gpu_limit_and_rule_scoring_does_not(tmp_path, prompts_file):
-    from rebelflow.plan import campaign_jobs
+    from rebelflow.planning.campaign import campaign_jobs
     from rebelflow.tasks import accelerator_limit, uses_accelerator
 
     jobs = {j.name: j for j in campaign_jobs(make_config(tmp_path, prompts_file)) if j.round == 1}

@@ -15,8 +15,8 @@ DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
 def test_every_deployment_names_a_flow_and_valid_parameters(deployment):
     from prefect.flows import load_flow_from_entrypoint
 
-    from rebelflow.config_io import is_reward_model_config, load_config
-    from rebelflow.rm_config import RMConfig
+    from rebelflow.config.loading import is_reward_model_config, load_config
+    from rebelflow.config.reward_model import RMConfig
 
     path, _, name = deployment["entrypoint"].partition(":")
     assert (REPO / path).is_file()

@@ -3,8 +3,8 @@
 import pytest
 from prefect.states import Failed
 
-from rebelflow.errors import ConfigError, DataError
-from rebelflow.launch import StageProcessError
+from rebelflow.config.errors import ConfigError, DataError
+from rebelflow.running.launch import StageProcessError
 from rebelflow.tasks import transient_only
 
 

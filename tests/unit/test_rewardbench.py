@@ -2,8 +2,8 @@
 
 import pytest
 
-from rebelflow.errors import ConfigError
-from rebelflow.rewardbench import (
+from rebelflow.config.errors import ConfigError
+from rebelflow.ml.rewardbench import (
     correctness,
     load_weighting,
     overall_score,

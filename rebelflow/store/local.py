@@ -1,4 +1,4 @@
-"""Content-addressed artifact store: references, fingerprints, manifests, verification, campaign index.
+"""The local artifact store: the directory, its writer, manifests, verification, locks and the campaign index.
 
 Layout under the store root:
 
@@ -7,15 +7,13 @@ Layout under the store root:
     quarantine/                 corrupt artifacts moved aside (never deleted) before they are re-made
     campaigns/<name>/           index.json (round -> stage -> artifact id), summary.json, summary.png
 
-The hash is the fingerprint: sha256 of (stage, code version, the stage's own settings, the ids of its
-inputs). `manifest.json` is written last, so its presence means complete; reading verifies it and the
+The hash is the fingerprint (`store.refs`). `manifest.json` is written last, so its presence means complete; reading verifies it and the
 sha256 of every file. A verification is remembered by (file, size, mtime) for the life of the process.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -27,72 +25,23 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
 
-log = logging.getLogger("rebelflow.artifacts")
+from rebelflow.store.refs import ArtifactRef, sha256_file
+
+log = logging.getLogger("rebelflow.store")
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _VERIFIED: dict[str, tuple] = {}
-_SMALL_FILE = 16 * 1024 * 1024
 
 
-class ArtifactRef(BaseModel):
-    """A small, serialisable pointer to an artifact. Tasks pass these, never datasets or models."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str  # "<stage>-<hash>"; for a model outside the store "external-<hash>"
-    stage: str
-    kind: Literal["dataset", "model"] = "dataset"
-    source: str | None = None  # external models only: local folder or Hub id
-    revision: str | None = None
-
-    @property
-    def external(self) -> bool:
-        return self.source is not None
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def fingerprint(stage: str, version: int, settings: dict[str, Any], inputs: list[ArtifactRef]) -> str:
-    """The artifact id: stage name plus 16 hex digits of the hash of everything that determines it."""
-    payload = {"stage": stage, "version": version, "settings": settings, "inputs": [r.id for r in inputs]}
-    return f"{stage}-{hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def model_identity(source: str, revision: str | None = None) -> str:
-    """What names an external model's content. A local folder: file names, sizes and the hash of files
-    under 16 MiB (configs, tokenizers); weights are identified by size, since hashing gigabytes on every
-    plan would be slow. A Hub id: the id and the revision (pin one for reproducibility)."""
-    path = Path(source)
-    if not path.is_dir():
-        return f"hub:{source}@{revision or 'main'}"
-    parts = []
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = f.stat().st_size
-        digest = sha256_file(f) if size < _SMALL_FILE else f"size:{size}"
-        parts.append(f"{f.relative_to(path)}:{digest}")
-    return "dir:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def external_model(source: str, revision: str | None = None) -> ArtifactRef:
-    digest = hashlib.sha256(model_identity(source, revision).encode()).hexdigest()[:16]
-    return ArtifactRef(id=f"external-{digest}", stage="external", kind="model", source=source, revision=revision)
+def forget_verifications() -> None:
+    """Forget which artifacts this process has verified, so the next read hashes every file again."""
+    _VERIFIED.clear()
 
 
 def library_versions() -> dict[str, str]:
@@ -109,7 +58,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
@@ -266,7 +215,7 @@ class Store:
             entry = {"id": ref.id, "state": state, "updated_at": _now()}
             index["rounds"].setdefault(str(round_k), {})[stage] = entry
             index["updated_at"] = _now()
-            _write_json_atomic(path, index)
+            write_json_atomic(path, index)
 
     def campaign_index(self, campaign: str) -> dict[str, Any] | None:
         path = self.root / "campaigns" / campaign / "index.json"
@@ -341,7 +290,7 @@ class ArtifactWriter:
             "sha256": sha256_file(self.tmp / "README.md"),
             "size": (self.tmp / "README.md").stat().st_size,
         }
-        _write_json_atomic(self.tmp / MANIFEST, manifest)  # last: its presence means complete
+        write_json_atomic(self.tmp / MANIFEST, manifest)  # last: its presence means complete
         dest = self.store.path(self.ref)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():  # an unusable leftover (verified absent by the caller): keep it, out of the way

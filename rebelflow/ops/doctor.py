@@ -7,8 +7,8 @@ import importlib.util
 import subprocess
 from importlib import metadata
 
-from rebelflow.config import RunConfig
-from rebelflow.errors import ConfigError
+from rebelflow.config.campaign import RunConfig
+from rebelflow.config.errors import ConfigError
 
 
 def _version(dist: str) -> str | None:
@@ -40,8 +40,8 @@ def machine() -> list[tuple[str, str, str]]:
 
 
 def vllm_env(name: str = "vllm") -> tuple[str, str, str]:
-    from rebelflow.config import LauncherConfig
-    from rebelflow.launch import interpreter
+    from rebelflow.config.campaign import LauncherConfig
+    from rebelflow.planning.preflight import interpreter
 
     try:
         python = interpreter(LauncherConfig(kind="subprocess", env=name))
@@ -77,7 +77,7 @@ def stages(cfg: RunConfig) -> list[tuple[str, str, str]]:
 
 
 def _where(launcher) -> str:
-    from rebelflow.launch import interpreter
+    from rebelflow.planning.preflight import interpreter
 
     try:
         python = interpreter(launcher)
@@ -98,39 +98,3 @@ def rm_stages(cfg) -> list[tuple[str, str, str]]:
     reward = cfg.eval.reward
     rows.append(("rm_eval", f"reward {reward.backend}" if reward else "the trained model", _where(cfg.eval.launcher)))
     return rows
-
-
-def launcher_problems(launchers) -> list[str]:
-    """Launchers whose interpreter is missing."""
-    from rebelflow.launch import interpreter
-
-    problems = []
-    for launcher in launchers:
-        try:
-            interpreter(launcher)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    return problems
-
-
-def engine_problems(cfg: RunConfig) -> list[str]:
-    """Every reason this config cannot run on this machine (empty when it can), each with its fix."""
-    import torch
-
-    from rebelflow.plan import check_engines
-
-    problems = []
-    try:
-        check_engines(cfg)
-    except ConfigError as exc:
-        problems.append(str(exc))
-    engines = [("generate.vllm", cfg.generate.vllm)] if cfg.generate.engine == "vllm" else []
-    user = cfg.dialogue.user if cfg.dialogue is not None else None
-    if user is not None and user.kind == "llm" and user.engine == "vllm":
-        engines.append(("dialogue.user.vllm", user.vllm))
-    gpus = torch.cuda.device_count()
-    for where, v in engines:
-        if v.tensor_parallel_size > max(gpus, 1):
-            problems.append(f"[{where}] tensor_parallel_size {v.tensor_parallel_size} needs that many GPUs; this "
-                            f"machine has {gpus}. Run on a GPU machine, or lower tensor_parallel_size.")
-    return problems

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rebelflow.errors import DataError
+from rebelflow.config.errors import DataError
 
 Message = dict[str, str]
 

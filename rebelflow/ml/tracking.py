@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rebelflow.config import TrackingConfig
+from rebelflow.config.campaign import TrackingConfig
 
 
 def run_info(tracking: TrackingConfig, store_root: str, group: str, name: str, job_type: str) -> dict | None:

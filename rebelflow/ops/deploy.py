@@ -13,9 +13,9 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-from rebelflow.errors import ConfigError
+from rebelflow.config.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = "rebelflow/flows/scheduled.py:next_round_flow"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rebelflow.config_base import Section
-from rebelflow.config_ops import HubConfig, TrackingConfig, WandbConfig  # noqa: F401  (re-exported)
+from rebelflow.config.base import Section
+from rebelflow.config.operations import HubConfig, TrackingConfig, WandbConfig  # noqa: F401  (re-exported)
 
 # Stages of a round in order; `stop_after` may end a round early (then a campaign has one round).
 ROUND_STAGES = ("prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate")
@@ -271,8 +271,10 @@ class SFTConfig(Section):
     messages_column: str | None = None
     lr: float = Field(1e-5, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_grad_norm: float | None = Field(None, gt=0)
     epochs: int = Field(1, ge=1)
     examples_per_update: int = Field(32, ge=1)
     micro_batch: int = Field(8, ge=1)

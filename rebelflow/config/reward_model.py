@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rebelflow.config import (
+from rebelflow.config.campaign import (
     DTYPE,
     LauncherConfig,
     RewardConfig,
@@ -41,6 +41,7 @@ class PreferenceDataConfig(Section):
 class RMTrainConfig(Section):
     lr: float = Field(2e-6, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     epochs: int = Field(1, ge=1)

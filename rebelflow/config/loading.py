@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rebelflow.config import LOCAL_DATA_SUFFIXES, RunConfig
-from rebelflow.errors import ConfigError
+from rebelflow.config.campaign import LOCAL_DATA_SUFFIXES, RunConfig
+from rebelflow.config.errors import ConfigError
 
 
 def load_config(path: str | Path, overrides: list[str] = (), store: str | None = None, root: type[BaseModel] = RunConfig):
@@ -56,7 +56,7 @@ def validate_config(raw: dict[str, Any], origin: str = "config", root: type[Base
 def _resolve_reward_artifacts(cfg: BaseModel) -> None:
     """A reward named by `artifact` (a model from rm-train) reads the model folder of that artifact in the
     config's store; the artifact id stays in the settings, so the lineage shows which one was used."""
-    from rebelflow.artifacts import Store
+    from rebelflow.store.local import Store
 
     owner, key = (cfg, "reward") if isinstance(cfg, RunConfig) else (cfg.eval, "reward")
     reward = getattr(owner, key)

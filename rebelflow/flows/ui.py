@@ -10,8 +10,9 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.summary import by_turn_text
+from rebelflow.flows.summary import by_turn_text
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef
 
 
 def artifact_key(*parts: Any) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from rebelflow.errors import ConfigError
+from rebelflow.config.errors import ConfigError
 
 SHIPPED = {"leaderboard": "rewardbench-leaderboard.yaml", "corrected": "rewardbench-corrected.yaml"}
 

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rebelflow.artifacts import ArtifactRef, Store, _write_json_atomic
 from rebelflow.stages import evaluate, evaluate_dialogues
+from rebelflow.store.local import Store, write_json_atomic
+from rebelflow.store.refs import ArtifactRef
 
 
 def campaign_summary(
@@ -28,7 +29,7 @@ def campaign_summary(
     summary = {"campaign": campaign, "rounds": rounds}
     folder = store.root / "campaigns" / campaign
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(folder / "summary.json", summary)
+    write_json_atomic(folder / "summary.json", summary)
     plot(rounds, folder / "summary.png", campaign)
     return summary
 

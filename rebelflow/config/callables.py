@@ -9,7 +9,7 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from rebelflow.errors import ConfigError
+from rebelflow.config.errors import ConfigError
 
 
 def _module_file(spec: str, key: str = "reward.function") -> Path:

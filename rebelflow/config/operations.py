@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rebelflow.config_base import Section
+from rebelflow.config.base import Section
 
 
 class WandbConfig(Section):
-    """Weights & Biases tracking (rebelflow/tracking.py); the key comes from WANDB_API_KEY, never the config."""
+    """Weights & Biases tracking (rebelflow/ml/tracking.py); the key comes from WANDB_API_KEY, never the config."""
 
     project: str = Field(..., description="the wandb project")
     entity: str | None = Field(None, description="team or user (default: the API key's)")
@@ -25,7 +25,7 @@ class TrackingConfig(Section):
 
 
 class HubConfig(Section):
-    """Artifacts on the Hugging Face Hub (rebelflow/hub.py). The token comes from $HF_TOKEN, the endpoint from
+    """Artifacts on the Hugging Face Hub (rebelflow/store/hub.py). The token comes from $HF_TOKEN, the endpoint from
     $HF_ENDPOINT; neither belongs in a config."""
 
     dataset_repo: str = Field(..., pattern=r"^[\w.-]+/[\w.-]+$", description="owner/name of a dataset repo")

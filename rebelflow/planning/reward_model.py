@@ -9,16 +9,16 @@ computed without doing work (like plan.py for campaigns).
 
 from __future__ import annotations
 
-from rebelflow import stages
-from rebelflow.artifacts import ArtifactRef, Store, external_model
-from rebelflow.config import RewardConfig
-from rebelflow.errors import DataError
-from rebelflow.plan import _data_identity
-from rebelflow.rewardbench import load_weighting
+from rebelflow.config.campaign import RewardConfig
+from rebelflow.config.errors import DataError
+from rebelflow.config.reward_model import PreferenceDataConfig, RMConfig
+from rebelflow.ml.rewardbench import load_weighting
+from rebelflow.ml.tracking import run_info
+from rebelflow.planning.jobs import StageJob, make_job
 from rebelflow.rewards import reward_identity
-from rebelflow.rm_config import PreferenceDataConfig, RMConfig
-from rebelflow.stages import StageJob, preferences, rm_eval, rm_train, tiny_model
-from rebelflow.tracking import run_info
+from rebelflow.stages import preferences, rm_eval, rm_train, tiny_model
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, data_identity, external_model
 
 
 def rm_jobs(cfg: RMConfig, train: bool = True, store: Store | None = None) -> list[StageJob]:
@@ -51,21 +51,21 @@ def rm_jobs(cfg: RMConfig, train: bool = True, store: Store | None = None) -> li
 def _train_jobs(cfg: RMConfig) -> list[StageJob]:
     jobs = []
     if cfg.model == "tiny":
-        jobs.append(stages.make_job(tiny_model, 0, cfg.tiny, []))
+        jobs.append(make_job(tiny_model, 0, cfg.tiny, []))
         base = jobs[-1].ref
     else:
         base = external_model(cfg.model, cfg.revision)
     jobs.append(_preferences_job(cfg.data, evaluation=False, name="preferences"))
     settings = rm_train.Settings(**cfg.train.model_dump(),
                                  tracking=run_info(cfg.tracking, cfg.store.root, cfg.name, f"{cfg.name}-rm_train", "rm_train"))
-    jobs.append(stages.make_job(rm_train, 0, settings, [jobs[-1].ref, base], cfg.train.launcher))
+    jobs.append(make_job(rm_train, 0, settings, [jobs[-1].ref, base], cfg.train.launcher))
     return jobs
 
 
 def _preferences_job(data: PreferenceDataConfig, evaluation: bool, name: str) -> StageJob:
-    settings = preferences.Settings(**data.model_dump(), data_identity=_data_identity(data.source, data.split),
+    settings = preferences.Settings(**data.model_dump(), data_identity=data_identity(data.source, data.split),
                                     evaluation=evaluation)
-    return stages.make_job(preferences, 0, settings, [], name=name)
+    return make_job(preferences, 0, settings, [], name=name)
 
 
 def _eval_job(cfg: RMConfig, split: str, pairs: ArtifactRef, model: ArtifactRef | None, name: str) -> StageJob:
@@ -80,4 +80,4 @@ def _eval_job(cfg: RMConfig, split: str, pairs: ArtifactRef, model: ArtifactRef 
         dtype=cfg.train.dtype,
     )
     inputs = [pairs] if model is None else [pairs, model]
-    return stages.make_job(rm_eval, 0, settings, inputs, cfg.eval.launcher, name=name)
+    return make_job(rm_eval, 0, settings, inputs, cfg.eval.launcher, name=name)

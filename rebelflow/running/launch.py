@@ -14,16 +14,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 
-from rebelflow.artifacts import ArtifactRef, Store
-from rebelflow.config import LauncherConfig
-from rebelflow.errors import ConfigError, DataError
-from rebelflow.stages import ERROR_PREFIX, StageJob, run_job
+from rebelflow.config.errors import ConfigError, DataError
+from rebelflow.planning.jobs import StageJob
+from rebelflow.planning.preflight import interpreter
+from rebelflow.running.stage_cli import ERROR_PREFIX, run_job
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef
 
 
 class StageProcessError(RuntimeError):
@@ -67,29 +67,6 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
     raise StageProcessError(
         f"stage {job.stage} exited with code {proc.returncode}; last lines:\n" + "\n".join(list(tail)[-15:])
         + f"\nfull log: {log_path}"
-    )
-
-
-def interpreter(launcher: LauncherConfig) -> str:
-    """The Python that runs a stage: launcher.python, the named environment .venv-<env> (looked for in the
-    working directory, then beside the rebelflow checkout; $REBELFLOW_ENV_<ENV> overrides), or this one."""
-    if launcher.python:
-        return launcher.python
-    if not launcher.env:
-        return sys.executable
-    override = os.environ.get(f"REBELFLOW_ENV_{launcher.env.upper()}")
-    if override:
-        candidates = [Path(override)]
-    else:
-        checkout = Path(__file__).resolve().parents[1]
-        candidates = [base / f".venv-{launcher.env}" / "bin" / "python" for base in (Path.cwd(), checkout)]
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    raise ConfigError(
-        f"[launcher.env] the environment {launcher.env!r} was not found (looked for "
-        f"{', '.join(str(c) for c in candidates)}). Build it (`make {launcher.env}-env` in the rebelflow "
-        f"checkout) or point REBELFLOW_ENV_{launcher.env.upper()} at its python."
     )
 
 

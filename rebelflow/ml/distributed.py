@@ -1,0 +1,110 @@
+"""Between ranks of a multi-process launch: who this process is, broadcasts, gathers, reductions, and
+ending the process group cleanly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rebelflow.ml.models import device
+
+
+def world_size() -> int:
+    """Processes of this launch (accelerate launch sets WORLD_SIZE); 1 in process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a multi-process launch."""
+
+    index: int
+    count: int
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+
+def join_ranks() -> Ranks | None:
+    """For a stage without an optimizer (score): None in a single process, else join the launch's process
+    group (NCCL with this rank's GPU, gloo without GPUs)."""
+    if world_size() == 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device())
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def from_main(ranks: Ranks | None, value: Any) -> Any:
+    """The main process's value on every rank (the value itself in a single process)."""
+    if ranks is None:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_lists(ranks: Ranks, mine: list[Any]) -> list[list[Any]]:
+    """Every rank's list, in rank order, on every rank."""
+    parts: list[Any] = [None] * ranks.count
+    torch.distributed.all_gather_object(parts, mine)
+    return parts
+
+
+def using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def mean_over_ranks(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1 or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(tensor, "mean").tolist(), strict=True))
+
+
+def sum_over_ranks(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device), "sum").item()
+
+
+def finish_distributed() -> None:
+    """End the process group of a multi-process launch (without it, gloo runs sometimes abort at exit)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def zero_stage(accelerator) -> int | None:
+    plugin = accelerator.state.deepspeed_plugin
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def make_accelerator(accumulation_steps: int, micro_batch: int):
+    """An Accelerator for this launch: DeepSpeed ZeRO when the launch config asks for it (its micro-batch
+    size set here, since no dataloader is prepared), gloo between ranks when there is no GPU."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
+
+    # A second trainer in one process (tests, in-process launches) must not inherit the first one's state.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    plugin = GradientAccumulationPlugin(num_steps=accumulation_steps, sync_with_dataloader=False)
+    gpu = torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if not gpu and world_size() > 1 else []
+    accelerator = Accelerator(
+        gradient_accumulation_plugin=plugin, kwargs_handlers=handlers, cpu=not gpu and not using_deepspeed()
+    )
+    if accelerator.state.deepspeed_plugin is not None:
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+    return accelerator

@@ -1,0 +1,82 @@
+"""Models: loading a causal LM in a dtype, choosing what trains (all, the top k layers, LoRA), this
+process's device, the hardware fingerprint of logprobs, and saving a trained policy as an HF folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from rebelflow.config.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def device() -> torch.device:
+    """This process's device: under a multi-GPU launch its own GPU (LOCAL_RANK), else cuda:0 or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def hardware_fingerprint(dtype: str, attn: str) -> str:
+    """What makes logprobs differ between machines: torch, device kind, dtype, attention kernel."""
+    kind = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"torch={torch.__version__};device={kind};dtype={dtype};attn={attn}"
+
+
+def load_causal_lm(path: str, dtype: str, attn: str = "sdpa", revision: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn)
+
+
+def set_trainable(model, trainable: str | int, lora=None):
+    """Train all parameters, only the top k decoder layers, or LoRA adapters (peft; `lora` holds r, alpha,
+    dropout and target modules). Returns (the model to train, the number of its trainable parameters)."""
+    if trainable == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config(lora))
+        return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == "all":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        layers = model.get_decoder().layers
+        if trainable > len(layers):
+            raise ConfigError(f"[train.trainable] {trainable} top layers asked, the model has {len(layers)}.")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers[-trainable:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+    return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def peft_config(lora):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
+                      task_type="CAUSAL_LM")
+
+
+def save_policy(accelerator, model, state: dict, tokenizer, out_dir: Path, lora_base: tuple | None = None) -> None:
+    """An HF folder (safetensors, config, generation config, tokenizer with chat template) that
+    `from_pretrained` and vLLM load directly. For LoRA (`lora_base` = (base model path, dtype, lora
+    settings)) the adapters are merged into a fresh copy of the base model first."""
+    if lora_base is not None:
+        from peft import get_peft_model
+
+        path, dtype, lora = lora_base
+        merged = get_peft_model(load_causal_lm(path, dtype), peft_config(lora))
+        merged.load_state_dict(state)
+        merged.merge_and_unload().save_pretrained(out_dir, safe_serialization=True)
+    else:
+        unwrapped = accelerator.unwrap_model(model)
+        tied = getattr(unwrapped, "all_tied_weights_keys", None) or {}
+        if getattr(unwrapped.config, "tie_word_embeddings", False):  # a gathered state lists tied weights twice
+            state = {k: v for k, v in state.items() if k not in tied}
+        unwrapped.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
