@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from rebelflow.engines import Completion, Message, SamplingParams, completion, sample_seed
+from rebelflow.engines.base import Completion, Message, SamplingParams, completion, sample_seed
 from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
 from rebelflow.ml.models import DTYPES
 

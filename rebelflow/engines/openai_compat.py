@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rebelflow.config.campaign import OpenAIConfig
 from rebelflow.config.errors import ConfigError
-from rebelflow.engines import Completion, Message, SamplingParams, sample_seed
+from rebelflow.engines.base import Completion, Message, SamplingParams, sample_seed
 
 
 class OpenAIEngine:

@@ -19,7 +19,7 @@ import os
 
 from rebelflow.config.campaign import VLLMConfig
 from rebelflow.config.errors import ConfigError
-from rebelflow.engines import Completion, Message, SamplingParams, completion, sample_seed
+from rebelflow.engines.base import Completion, Message, SamplingParams, completion, sample_seed
 from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
 
 log = logging.getLogger("rebelflow.engines.vllm")

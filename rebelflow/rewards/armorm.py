@@ -8,7 +8,7 @@ classifier backend's (chat template, left truncation, length-sorted batches with
 from __future__ import annotations
 
 from rebelflow.config.campaign import RewardConfig
-from rebelflow.rewards import Message, Reward
+from rebelflow.rewards.base import Message, Reward
 from rebelflow.rewards.classifier import batched_scores, load_model, load_tokenizer
 
 

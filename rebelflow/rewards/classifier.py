@@ -15,7 +15,7 @@ from rebelflow.config.errors import ConfigError
 from rebelflow.ml.batching import right_padded
 from rebelflow.ml.chat import encode, render
 from rebelflow.ml.models import DTYPES, device
-from rebelflow.rewards import Message, Reward, checked
+from rebelflow.rewards.base import Message, Reward, checked
 
 
 def load_tokenizer(cfg: RewardConfig):

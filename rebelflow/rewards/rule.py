@@ -5,7 +5,7 @@ with the reason; it never stops the stage."""
 from __future__ import annotations
 
 from rebelflow.config.callables import load_callable
-from rebelflow.rewards import Message, Reward, checked
+from rebelflow.rewards.base import Message, Reward, checked
 
 
 class RuleReward:

@@ -13,6 +13,7 @@ Run alone: python -m rebelflow.stages.generate configs/demo-rebel.yaml --round 1
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import ClassVar
 
 import pyarrow as pa
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from rebelflow.config.campaign import VLLM_SPEED_ONLY, GenerateConfig
 from rebelflow.engines import SamplingParams, load_engine
 from rebelflow.stages.prompts import MESSAGES
-from rebelflow.store.local import Store
+from rebelflow.store.local import ArtifactWriter, Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "generate", 1, "dataset"
@@ -45,46 +46,56 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store:
     ref = artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
-    rows = store.read_rows(prompts)
     params = SamplingParams(settings.n, settings.temperature, settings.top_p, settings.max_new_tokens, settings.seed)
     engine = None
     started, new_tokens = time.time(), 0
+
+    def sample(chunk: list[dict], advance: Callable[[int], object]) -> list[dict]:
+        nonlocal engine, new_tokens
+        engine = engine or load_engine(
+            settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm
+        )
+        out = []
+        for b in range(0, len(chunk), settings.batch_size):
+            batch = chunk[b : b + settings.batch_size]
+            for row, comps in zip(batch, engine.generate([r["messages"] for r in batch], params), strict=True):
+                new_tokens += sum(len(c.token_ids) for c in comps)
+                out.append({
+                    "prompt_id": row["prompt_id"],
+                    "messages": row["messages"],
+                    "responses": [c.text for c in comps],
+                    "response_ids": [c.token_ids for c in comps],
+                    "finish_reasons": [c.finish_reason for c in comps],
+                    "seeds": [c.seed for c in comps],
+                })
+            advance(len(batch))
+        return out
+
     with store.writer(ref, VERSION, hashed_settings(settings), [prompts, policy]) as w:
-        shards = range(0, len(rows), settings.shard_size)
-        bar = tqdm(total=len(rows), desc=f"generate ×{settings.n}", unit="prompt")
-        for index, start in enumerate(shards):
-            chunk = rows[start : start + settings.shard_size]
-            if w.has_shard("train", index):
-                bar.update(len(chunk))
-                continue
-            engine = engine or load_engine(
-                settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm
-            )
-            out = []
-            for b in range(0, len(chunk), settings.batch_size):
-                batch = chunk[b : b + settings.batch_size]
-                completions = engine.generate([r["messages"] for r in batch], params)
-                for row, comps in zip(batch, completions, strict=True):
-                    new_tokens += sum(len(c.token_ids) for c in comps)
-                    out.append(
-                        {
-                            "prompt_id": row["prompt_id"],
-                            "messages": row["messages"],
-                            "responses": [c.text for c in comps],
-                            "response_ids": [c.token_ids for c in comps],
-                            "finish_reasons": [c.finish_reason for c in comps],
-                            "seeds": [c.seed for c in comps],
-                        }
-                    )
-                bar.update(len(batch))
-            w.write_shard("train", index, out, SCHEMA)
-        bar.close()
-        w.finish(summary=_summary(w, len(shards), new_tokens, time.time() - started), card=_CARD)
+        rows = write_in_shards(w, store.read_rows(prompts), settings.shard_size, sample, SCHEMA,
+                               f"generate ×{settings.n}", "prompt")
+        w.finish(summary=_summary(rows, new_tokens, time.time() - started), card=_CARD)
     return ref
 
 
-def _summary(w, shards: int, new_tokens: int, seconds: float) -> dict:
-    rows = pa.concat_tables(w.read_shard("train", i) for i in range(shards)).to_pylist()
+def write_in_shards(w: ArtifactWriter, rows: list[dict], shard_size: int,
+                    make: Callable[[list[dict], Callable[[int], object]], list[dict]], schema: pa.Schema,
+                    desc: str, unit: str) -> list[dict]:
+    """The shard loop of the generation stages: `rows` in shards of `shard_size`; a shard already written
+    (by an interrupted attempt) is kept, the others are made by `make(chunk, advance)`, which may report
+    progress through `advance(n)`. Returns every output row, read back from the shards."""
+    starts = range(0, len(rows), shard_size)
+    bar = tqdm(total=len(rows), desc=desc, unit=unit)
+    for index, start in enumerate(starts):
+        chunk = rows[start : start + shard_size]
+        if not w.has_shard("train", index):
+            w.write_shard("train", index, make(chunk, bar.update), schema)
+        bar.update(start + len(chunk) - bar.n)
+    bar.close()
+    return pa.concat_tables(w.read_shard("train", i) for i in range(len(starts))).to_pylist()
+
+
+def _summary(rows: list[dict], new_tokens: int, seconds: float) -> dict:
     lengths = [len(ids) for r in rows for ids in r["response_ids"]]
     stops = sum(f == "stop" for r in rows for f in r["finish_reasons"])
     return {

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from rebelflow.config.campaign import (
     DTYPE,
@@ -37,6 +36,7 @@ from rebelflow.config.campaign import (
     VLLMConfig,
 )
 from rebelflow.engines import SamplingParams, load_engine
+from rebelflow.stages.generate import write_in_shards
 from rebelflow.stages.prompts import MESSAGES
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
@@ -174,22 +174,19 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store:
     ref = artifact_ref(NAME, VERSION, KIND, settings, [prompts, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
-    rows = store.read_rows(prompts)
     engine = user = None
+
+    def dialogues(chunk: list[dict], advance) -> list[dict]:
+        nonlocal engine, user
+        engine = engine or load_engine(
+            settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm
+        )
+        user = user or load_user(settings.user)
+        return rollout(settings, chunk, engine, user)
+
     with store.writer(ref, VERSION, hashed_settings(settings), [prompts, policy]) as w:
-        starts = range(0, len(rows), settings.shard_size)
-        bar = tqdm(total=len(rows), desc=f"dialogues ×{settings.turns} turns", unit="dialogue")
-        for index, start in enumerate(starts):
-            chunk = rows[start : start + settings.shard_size]
-            if not w.has_shard("train", index):
-                engine = engine or load_engine(
-                    settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm
-                )
-                user = user or load_user(settings.user)
-                w.write_shard("train", index, rollout(settings, chunk, engine, user), SCHEMA)
-            bar.update(len(chunk))
-        bar.close()
-        done = pa.concat_tables(w.read_shard("train", i) for i in range(len(starts))).to_pylist()
+        done = write_in_shards(w, store.read_rows(prompts), settings.shard_size, dialogues, SCHEMA,
+                               f"dialogues ×{settings.turns} turns", "dialogue")
         w.finish(summary=_summary(done), card="Multi-turn dialogues with a simulated user; rollout 2 branches at turn h.")
     return ref
 

@@ -18,7 +18,8 @@ import math
 import random
 import statistics
 from collections import Counter
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -95,15 +96,25 @@ def make_pair(s: Settings, tokenizer, row: dict) -> tuple[dict | None, str | Non
 
 
 def run(settings: Settings, scored: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
+    ref = artifact_ref(NAME, VERSION, KIND, settings, [scored, policy])
+    return write_pairs(settings, ref, VERSION, scored, policy, store, make_pair, FILTERS, "prompts", _CARD)
+
+
+def write_pairs(settings: PrepareConfig, ref: ArtifactRef, version: int, scored: ArtifactRef, policy: ArtifactRef,
+                store: Store, make_pair: Callable[[PrepareConfig, Any, dict], tuple[dict | None, str | None]],
+                filters: tuple[str, ...], what: str, card: str,
+                extra: Callable[[list[dict]], dict] = lambda rows: {}) -> ArtifactRef:
+    """The pair loop of prepare and prepare_dialogues: a pair (or a filter's name) per scored row, every
+    drop counted, a seeded held-out `validation` split of `validation_pairs`; `extra(rows)` adds to the
+    summary. Stops with a DataError naming the settings when too few pairs survive."""
     from transformers import AutoTokenizer
 
-    ref = artifact_ref(NAME, VERSION, KIND, settings, [scored, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     tokenizer = AutoTokenizer.from_pretrained(store.model_path(policy), revision=policy.revision)
     rows = store.read_rows(scored)
-    pairs, dropped = [], Counter({reason: 0 for reason in FILTERS})
-    for row in tqdm(rows, desc="prepare", unit="prompt"):
+    pairs, dropped = [], Counter({reason: 0 for reason in filters})
+    for row in tqdm(rows, desc=f"prepare {what}", unit=what.rstrip("s")):
         pair, reason = make_pair(settings, tokenizer, row)
         if pair is None:
             dropped[reason] += 1
@@ -111,22 +122,22 @@ def run(settings: Settings, scored: ArtifactRef, policy: ArtifactRef, *, store: 
             pairs.append(pair)
     if len(pairs) <= settings.validation_pairs:
         raise DataError(
-            f"{len(pairs)} of {len(rows)} prompts gave a pair (dropped: {dict(dropped)}), not more than "
+            f"{len(pairs)} of {len(rows)} {what} gave a pair (dropped: {dict(dropped)}), not more than "
             f"prepare.validation_pairs ({settings.validation_pairs}). Lower validation_pairs, loosen the "
             "filters, or use more prompts."
         )
     order = list(range(len(pairs)))
     random.Random(settings.seed).shuffle(order)
     held = set(order[: settings.validation_pairs])
-    with store.writer(ref, VERSION, hashed_settings(settings), [scored, policy]) as w:
+    with store.writer(ref, version, hashed_settings(settings), [scored, policy]) as w:
         w.write_shard("train", 0, [p for i, p in enumerate(pairs) if i not in held], SCHEMA)
         if held:
             w.write_shard("validation", 0, [p for i, p in enumerate(pairs) if i in held], SCHEMA)
-        w.finish(summary=_summary(rows, pairs, dropped, len(held)), card=_CARD)
+        w.finish(summary={**pairs_summary(rows, pairs, dropped, len(held)), **extra(rows)}, card=card)
     return ref
 
 
-def _summary(rows: list[dict], pairs: list[dict], dropped: Counter, held: int) -> dict:
+def pairs_summary(rows: list[dict], pairs: list[dict], dropped: Counter, held: int) -> dict:
     gaps = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
     return {
         "prompts": len(rows),

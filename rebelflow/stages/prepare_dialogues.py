@@ -17,18 +17,14 @@ Run alone: python -m rebelflow.stages.prepare_dialogues configs/demo-refuel.yaml
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from typing import ClassVar
 
-from tqdm.auto import tqdm
-
 from rebelflow.config.campaign import PrepareConfig
-from rebelflow.config.errors import DataError
 from rebelflow.ml.chat import tokenize_reply, turn_positions
-from rebelflow.stages.prepare import SCHEMA, _summary
+from rebelflow.stages.prepare import write_pairs
 from rebelflow.store.local import Store
-from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
+from rebelflow.store.refs import ArtifactRef, artifact_ref
 
 NAME, VERSION, KIND = "prepare_dialogues", 1, "dataset"
 FILTERS = ("invalid dialogue", "invalid reward", "no end-of-turn", "identical pair", "too long")
@@ -71,36 +67,12 @@ def make_pair(s: Settings, tokenizer, row: dict) -> tuple[dict | None, str | Non
 
 
 def run(settings: Settings, scored: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
-    from transformers import AutoTokenizer
-
     ref = artifact_ref(NAME, VERSION, KIND, settings, [scored, policy])
-    if store.is_complete(ref, quarantine=True):
-        return ref
-    tokenizer = AutoTokenizer.from_pretrained(store.model_path(policy), revision=policy.revision)
-    rows = store.read_rows(scored)
-    pairs, dropped = [], Counter({reason: 0 for reason in FILTERS})
-    for row in tqdm(rows, desc="prepare dialogues", unit="dialogue"):
-        pair, reason = make_pair(settings, tokenizer, row)
-        if pair is None:
-            dropped[reason] += 1
-        else:
-            pairs.append(pair)
-    if len(pairs) <= settings.validation_pairs:
-        raise DataError(
-            f"{len(pairs)} of {len(rows)} dialogues gave a pair (dropped: {dict(dropped)}), not more than "
-            f"prepare.validation_pairs ({settings.validation_pairs}). Lower validation_pairs or use more prompts."
-        )
-    order = list(range(len(pairs)))
-    random.Random(settings.seed).shuffle(order)
-    held = set(order[: settings.validation_pairs])
-    with store.writer(ref, VERSION, hashed_settings(settings), [scored, policy]) as w:
-        w.write_shard("train", 0, [p for i, p in enumerate(pairs) if i not in held], SCHEMA)
-        if held:
-            w.write_shard("validation", 0, [p for i, p in enumerate(pairs) if i in held], SCHEMA)
-        summary = _summary(rows, pairs, dropped, len(held))
-        summary["branch turns h"] = dict(Counter(f"h={r['branch_turn']}" for r in rows))
-        w.finish(summary=summary, card="REFUEL pairs: two rollouts sharing a prefix, trained on the turn-h reply.")
-    return ref
+    return write_pairs(
+        settings, ref, VERSION, scored, policy, store, make_pair, FILTERS, "dialogues",
+        "REFUEL pairs: two rollouts sharing a prefix, trained on the turn-h reply.",
+        extra=lambda rows: {"branch turns h": dict(Counter(f"h={r['branch_turn']}" for r in rows))},
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rebelflow.users import UserRequest, UserTurn
+from rebelflow.users.base import UserRequest, UserTurn
 
 
 class DatasetUser:

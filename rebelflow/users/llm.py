@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rebelflow.config.campaign import UserConfig
 from rebelflow.engines import SamplingParams, load_engine
-from rebelflow.users import Message, UserRequest, UserTurn
+from rebelflow.users.base import Message, UserRequest, UserTurn
 
 
 def render_transcript(messages: list[Message]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rebelflow.config.callables import load_callable
-from rebelflow.users import UserRequest, UserTurn
+from rebelflow.users.base import UserRequest, UserTurn
 
 
 class ScriptedUser:

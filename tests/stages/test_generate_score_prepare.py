@@ -3,7 +3,8 @@ import math
 import pytest
 
 from rebelflow.config.errors import DataError
-from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.config.loading import load_config
+from rebelflow.planning.campaign import Baseline, campaign_jobs, round_plan
 from rebelflow.running import stage_cli
 from rebelflow.running.launch import launch
 from rebelflow.stages import generate, prepare
@@ -160,17 +161,57 @@ def test_prepare_says_what_to_change_when_too_few_pairs_survive(tmp_path, prompt
 
 
 def test_stage_runs_alone_from_the_command_line(tmp_path, prompts_file, tiny_policy, capsys):
+    """`python -m rebelflow.stages.generate CONFIG --round 1` with evaluation on makes round 1's generate
+    artifact (the plan's), never the baseline's round-0 eval_generate, which the same module also runs."""
+    import subprocess
+    import sys
+
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(
         f"campaign: c\npolicy: {{model: {tiny_policy}}}\nprompts: {{source: {prompts_file}, id_column: id}}\n"
         f"reward: {{backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}}\n"
-        f"generate: {{n: 2, max_new_tokens: 4}}\nprepare: {{validation_pairs: 1}}\nstop_after: prepare\nstore: {{root: {tmp_path / 's'}}}\n"
+        f"generate: {{n: 2, max_new_tokens: 4}}\nprepare: {{validation_pairs: 1}}\n"
+        f"evaluate: {{prompts: {{source: {prompts_file}, id_column: id, per_round: 2}}, max_new_tokens: 4}}\n"
+        f"store: {{root: {tmp_path / 's'}}}\n"
     )
+    cfg = load_config(cfg_file)
+    jobs = {(j.name, j.round): j.ref for j in campaign_jobs(cfg)}
     assert stage_cli.main("generate", [str(cfg_file)]) == 3
     assert "are not in" in capsys.readouterr().err
     assert stage_cli.main("prompts", [str(cfg_file)]) == 0
-    assert stage_cli.main("generate", [str(cfg_file)]) == 0
-    assert "generate round 1:" in capsys.readouterr().out
+    cmd = [sys.executable, "-m", "rebelflow.stages.generate", str(cfg_file), "--round", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"generate round 1: {Store(tmp_path / 's').path(jobs['generate', 1])}" in done.stdout
+    made = sorted(p.name for p in (tmp_path / "s/artifacts").glob("generate-*"))
+    assert made == [jobs["generate", 1].id]  # not the baseline's eval_generate
+    # the baseline's samples: the same module, picked by step name and round 0
+    assert stage_cli.main("prompts", [str(cfg_file), "--step", "eval_prompts", "--round", "0"]) == 0
+    assert stage_cli.main("generate", [str(cfg_file), "--step", "eval_generate", "--round", "0"]) == 0
+    assert "eval_generate round 0:" in capsys.readouterr().out
+    assert Store(tmp_path / "s").is_complete(jobs["eval_generate", 0])
+    assert stage_cli.main("generate", [str(cfg_file), "--round", "0"]) == 3  # round 0 has no generate step
+    assert "no generate step of the generate stage in round 0" in capsys.readouterr().err
+
+
+def test_a_round_zero_stage_defaults_to_round_zero():
+    from rebelflow.planning.jobs import StageJob
+    from rebelflow.running.stage_cli import default_step, pick_job
+    from rebelflow.store.refs import ArtifactRef
+
+    def job(stage, name, k):
+        return StageJob(stage=stage, name=name, round=k, settings={}, inputs=[],
+                        ref=ArtifactRef(id=f"{name}-{k}", stage=stage))
+
+    jobs = [job("tiny_model", "tiny_model", 0), job("generate", "eval_generate", 0), job("generate", "generate", 1),
+            job("generate", "eval_generate", 1), job("generate", "generate", 2)]
+    assert pick_job(jobs, "tiny_model", "tiny_model", None).round == 0
+    assert pick_job(jobs, "generate", "generate", None).ref.id == "generate-1"
+    assert pick_job(jobs, "generate", "generate", 2).ref.id == "generate-2"
+    assert pick_job(jobs, "generate", "eval_generate", 1).ref.id == "eval_generate-1"
+    assert default_step("generate_dialogues") == "generate" and default_step("rm_train") == "rm_train"
+    with pytest.raises(DataError, match=r"no generate step .* round 3.*eval_generate \(round 0\)"):
+        pick_job(jobs, "generate", "generate", 3)
 
 
 def test_two_processes_making_the_same_artifact_make_it_once(tmp_path, prompts_file, tiny_policy):
