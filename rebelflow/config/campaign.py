@@ -1,5 +1,5 @@
 """Run configuration: one pydantic model per stage plus `RunConfig` (YAML loading and `--set` overrides are
-in config_io.py).
+in config/loading.py).
 
 Defaults live here and nowhere else. Every model forbids unknown keys, so a typo in YAML is an error that
 names the key and the valid ones.

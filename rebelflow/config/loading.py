@@ -16,7 +16,7 @@ from rebelflow.config.errors import ConfigError
 
 def load_config(path: str | Path, overrides: list[str] = (), store: str | None = None, root: type[BaseModel] = RunConfig):
     """Read a YAML preset, apply `a.b=c` overrides and validate against `root` (a campaign's RunConfig, or
-    rm_config.RMConfig for the reward-model commands). Raises ConfigError with every problem."""
+    config.reward_model.RMConfig for the reward-model commands). Raises ConfigError with every problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found. Give the path of a YAML file (see configs/).")

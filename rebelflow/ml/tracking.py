@@ -1,6 +1,6 @@
 """Optional experiment tracking with Weights & Biases: one wandb run per stage that ran, grouped by
 campaign — training stages (train, sft, rm_train) log a point per optimizer update, the others their
-summary (flows/common.run_stage). Off unless the
+summary (flows.common.run_stage). Off unless the
 config has `tracking.wandb`; `mode: offline` (the demos' choice) writes runs under `<store>/wandb` for a
 later `wandb sync`. The API key is read by wandb from WANDB_API_KEY and never passes through rebelflow.
 Tracking never enters a fingerprint.

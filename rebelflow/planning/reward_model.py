@@ -1,5 +1,5 @@
 """The reward-model plan: the stage jobs of `rebelflow rm-train` and `rebelflow rm-eval`, with fingerprints,
-computed without doing work (like plan.py for campaigns).
+computed without doing work (like planning.campaign for campaigns).
 
     rm-train   [tiny_model] → preferences → rm_train → heldout_eval (rm_eval on the held-out split)
                → eval_preferences → rm_eval (the RewardBench-format set, when eval.data is set)

@@ -12,7 +12,7 @@ __all__ = ["Message", "Reward", "RewardBackend", "checked", "load_reward", "rewa
 
 
 def load_reward(cfg: RewardConfig, ranks=None) -> RewardBackend:
-    """The configured backend; shared out over the processes of a launch when `ranks` (training.Ranks) is given."""
+    """The configured backend; shared out over the processes of a launch when `ranks` (ml.distributed.Ranks) is given."""
     backend = _load(cfg)
     return RankSharded(backend, ranks) if ranks is not None and ranks.count > 1 else backend
 
@@ -27,9 +27,9 @@ def _load(cfg: RewardConfig) -> RewardBackend:
 
         return ClassifierReward(cfg)
     if cfg.backend == "armorm":
-        from rebelflow.rewards.armorm import ArmoRMReward
+        from rebelflow.rewards.armorm import armorm_reward
 
-        return ArmoRMReward(cfg)
+        return armorm_reward(cfg)
     raise ConfigError(f"[reward.backend] unknown backend {cfg.backend!r}. Valid backends: rule, classifier, armorm.")
 
 

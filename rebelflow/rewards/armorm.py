@@ -8,19 +8,9 @@ classifier backend's (chat template, left truncation, length-sorted batches with
 from __future__ import annotations
 
 from rebelflow.config.campaign import RewardConfig
-from rebelflow.rewards.base import Message, Reward
-from rebelflow.rewards.classifier import batched_scores, load_model, load_tokenizer
+from rebelflow.rewards.classifier import ClassifierReward
 
 
-class ArmoRMReward:
-    def __init__(self, cfg: RewardConfig):
-        self.cfg = cfg
-        self.tokenizer = load_tokenizer(cfg)
-        self.model = load_model(cfg, self.tokenizer.pad_token_id)
-
-    def score(self, items: list[tuple[list[Message], str]]) -> list[Reward]:
-        dev = self.model.device
-        return batched_scores(
-            self.cfg, self.tokenizer, items,
-            lambda ids, mask: self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).score.reshape(-1),
-        )
+def armorm_reward(cfg: RewardConfig) -> ClassifierReward:
+    """ArmoRM behind the classifier backend's batching; its reward is the output's `.score`."""
+    return ClassifierReward(cfg, read=lambda out: out.score.reshape(-1))

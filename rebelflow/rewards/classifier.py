@@ -8,6 +8,9 @@ token by looking for the pad id, and an EOS pad makes it read the wrong position
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from rebelflow.config.campaign import RewardConfig
@@ -71,8 +74,11 @@ def load_model(cfg: RewardConfig, pad_id: int):
 
 
 class ClassifierReward:
-    def __init__(self, cfg: RewardConfig):
-        self.cfg = cfg
+    """A sequence classifier's reward: `read(output)` picks one score per row from the model's output (the
+    logit of its one label by default; ArmoRM's `.score`)."""
+
+    def __init__(self, cfg: RewardConfig, read: Callable[[Any], torch.Tensor] = lambda out: out.logits[:, 0]):
+        self.cfg, self.read = cfg, read
         self.tokenizer = load_tokenizer(cfg)
         self.model = load_model(cfg, self.tokenizer.pad_token_id)
 
@@ -80,5 +86,5 @@ class ClassifierReward:
         dev = self.model.device
         return batched_scores(
             self.cfg, self.tokenizer, items,
-            lambda ids, mask: self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0],
+            lambda ids, mask: self.read(self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))),
         )
