@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from rebelflow.config.errors import ConfigError, DataError
 from rebelflow.planning.jobs import StageJob
 from rebelflow.planning.preflight import interpreter
 from rebelflow.running.stage_cli import ERROR_PREFIX, run_job
+from rebelflow.stages import LAUNCHER_ENV
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
 
@@ -47,17 +49,22 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
     log_path = logs_dir / f"{job.ref.id}.log"
     emit(f"launching {' '.join(cmd)} (full log: {log_path})")
     tail: deque[str] = deque(maxlen=40)
-    try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True
-        )
-    except OSError as exc:
-        raise ConfigError(f"[{job.stage}.launcher.python] cannot start {python!r}: {exc}") from exc
-    try:
-        _pump(proc, log_path, tail, emit)
-    except BaseException:
-        kill_tree(proc.pid)
-        raise
+    with open(log_path, "a", buffering=1) as log:  # appended per attempt, written line by line as it runs
+        log.write(f"\n===== attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} (launcher pid {os.getpid()}): "
+                  f"{' '.join(cmd)}\n")
+        try:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
+                env={**os.environ, LAUNCHER_ENV: watch_token()}, preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise ConfigError(f"[{job.stage}.launcher.python] cannot start {python!r}: {exc}") from exc
+        try:
+            _pump(proc, log, tail, emit)
+        except BaseException:
+            kill_tree(proc.pid)
+            raise
+        log.write(f"===== exit code {proc.returncode}\n")
     if proc.returncode == 0:
         return job.ref
     user_error = next((line for line in reversed(tail) if line.startswith(ERROR_PREFIX)), None)
@@ -115,15 +122,43 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _pump(proc: subprocess.Popen, log_path, tail: deque, emit: Callable[[str], None]) -> None:
+def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> None:
     last = 0.0
-    with open(log_path, "w") as log:
-        for line in proc.stdout:
-            log.write(line)
-            line = line.rstrip()
-            tail.append(line)
-            now = time.monotonic()
-            if now - last > 0.25 or line.startswith(ERROR_PREFIX):
-                emit(line)
-                last = now
+    for line in proc.stdout:
+        log.write(line)
+        line = line.rstrip()
+        tail.append(line)
+        now = time.monotonic()
+        if now - last > 0.25 or line.startswith(ERROR_PREFIX):
+            emit(line)
+            last = now
     proc.wait()
+
+
+# A stage process never outlives the process that launched it. Its direct child gets SIGKILL from the kernel
+# when the launcher dies (Linux: PR_SET_PDEATHSIG); every stage process, also the workers that `accelerate
+# launch` starts in sessions of their own, watches the launcher named in $REBELFLOW_LAUNCHER
+# (stages.die_with_launcher, started when rebelflow.stages is imported, before the stage's heavy imports).
+
+
+def watch_token() -> str:
+    """This process as the stage processes watch it: its pid and start time (a reused pid does not match)."""
+    import psutil
+
+    return f"{os.getpid()}:{psutil.Process().create_time()}"
+
+
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent() -> None:
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills the child when the launcher dies

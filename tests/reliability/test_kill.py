@@ -1,0 +1,89 @@
+"""Kill -9 of the process that launched a stage: no stage process outlives it, the stage's log keeps
+what it wrote, and the next attempt resumes from the checkpoint and appends to the same log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.running.launch import launch
+from tests.conftest import make_config
+from tests.stages.helpers import run_round
+
+LAUNCHER = """
+import sys
+from rebelflow.planning.jobs import StageJob
+from rebelflow.running.launch import launch
+from rebelflow.store.local import Store
+job = StageJob.model_validate_json(open(sys.argv[1]).read())
+launch(job, Store(sys.argv[2]))
+"""
+
+
+def stage_processes(job_id: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(job_id in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_killing_the_launcher_at_start_up_ends_the_stage_processes(tmp_path, prompts_file, tiny_policy):
+    """Killed before the stage writes a line (no broken pipe to end it): its processes still end at once."""
+    cfg = make_config(tmp_path, prompts_file, train={"launcher": {"kind": "accelerate"}})
+    store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
+    job = next(j for j in round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline()).jobs()
+               if j.stage == "train")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(stage_processes(job.ref.id)) < 2 and time.time() < deadline:  # accelerate and its worker
+        time.sleep(0.05)
+    assert len(stage_processes(job.ref.id)) >= 2
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    killed_at = time.time()
+    while stage_processes(job.ref.id) and time.time() - killed_at < 2:
+        time.sleep(0.05)
+    assert not stage_processes(job.ref.id), "stage processes outlived their launcher"
+    assert not store.is_complete(job.ref)
+
+
+def test_killing_the_launcher_ends_the_stage_process_and_keeps_its_log(tmp_path, prompts_file, tiny_policy):
+    cfg = make_config(tmp_path, prompts_file, train={
+        "epochs": 60, "checkpoint_every": 4, "launcher": {"kind": "accelerate"}})
+    store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
+    job = next(j for j in round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline()).jobs()
+               if j.stage == "train")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = store.root / "logs" / f"{job.ref.id}.log"
+    deadline = time.time() + 240
+    while time.time() < deadline and "checkpoint saved at update 8" not in (log_path.read_text() if log_path.exists() else ""):
+        assert launcher.poll() is None, "the launcher ended before the checkpoint"
+        time.sleep(0.2)
+    assert stage_processes(job.ref.id), "the stage process should be running"
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    killed_at = time.time()
+    while stage_processes(job.ref.id) and time.time() - killed_at < 5:
+        time.sleep(0.1)
+    survivors = stage_processes(job.ref.id)
+    assert not survivors, f"stage processes outlived their launcher: {[p.pid for p in survivors]}"
+    first = log_path.read_text()
+    assert "===== attempt started" in first and "checkpoint saved at update 8" in first  # written as it ran
+    assert not store.is_complete(job.ref)
+    assert launch(job, store, emit=lambda line: None) == job.ref
+    log = log_path.read_text()
+    assert log.startswith(first) and log.count("===== attempt started") == 2  # appended, not overwritten
+    assert "resuming from checkpoint" in log and "===== exit code 0" in log
