@@ -26,7 +26,7 @@ from typing import TypeVar
 import yaml
 
 from rebelflow.config.campaign import HubConfig
-from rebelflow.store.local import MANIFEST, Store, write_json_atomic
+from rebelflow.store.local import MANIFEST, Store, write_json_atomic, write_manifest
 from rebelflow.store.refs import ArtifactRef
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ def publish(hub: HubConfig, store: Store, campaign: str, round_k: int, name: str
         commit_message=f"{campaign} round {round_k}: {name} ({ref.id})"))
     record = {"repo": repo, "repo_type": kind, "branch": branch, "commit": info.oid, "path": ref.id}
     manifest["hub"] = record
-    write_json_atomic(store.path(ref) / MANIFEST, manifest)
+    write_manifest(store.path(ref) / MANIFEST, manifest)
     if kind == "dataset":
         _update_card(hub, campaign, round_k, name, ref, manifest)
     return record
@@ -156,7 +156,7 @@ def fetch(hub: HubConfig, store: Store, campaign: str, round_k: int, ref: Artifa
             local_dir=str(tmp), endpoint=client.endpoint, token=client.token))
         manifest = json.loads((tmp / ref.id / MANIFEST).read_text())
         manifest["hub"] = {"repo": repo, "repo_type": kind, "branch": branch, "commit": sha, "path": ref.id}
-        write_json_atomic(tmp / ref.id / MANIFEST, manifest)
+        write_manifest(tmp / ref.id / MANIFEST, manifest)
         shutil.rmtree(tmp / ref.id / ".cache", ignore_errors=True)
         target = store.path(ref)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ sha256 of every file. A verification is remembered by (file, size, mtime) for th
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -30,13 +31,33 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rebelflow.store.refs import ArtifactRef, sha256_file
+from rebelflow.config.errors import DataError
+from rebelflow.store.refs import ArtifactRef, canonical_json, sha256_file
 
 log = logging.getLogger("rebelflow.store")
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own digest (format-1 manifests are upgraded once verified)
 _VERIFIED: dict[str, tuple] = {}
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its `digest` entry: an edited manifest no longer matches it."""
+    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != "digest"}).encode()).hexdigest()
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write a manifest atomically with its digest (every writer of a manifest goes through here)."""
+    write_json_atomic(path, {**manifest, "digest": manifest_digest(manifest)})
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """None if the manifest's digest matches its content (or it is a format-1 manifest, which has none)."""
+    if "digest" not in manifest:
+        return None if manifest.get("format") == 1 else "manifest.json has no digest"
+    if manifest["digest"] != manifest_digest(manifest):
+        return "manifest.json was edited after it was written (its digest does not match)"
+    return None
 
 
 def forget_verifications() -> None:
@@ -79,7 +100,13 @@ class Store:
         return ref.source if ref.external else str(self.path(ref) / "model")
 
     def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
-        return json.loads((self.path(ref) / MANIFEST).read_text())
+        """The artifact's manifest; its digest is checked on every read (an edited one raises)."""
+        path = self.path(ref) / MANIFEST
+        manifest = json.loads(path.read_text())
+        problem = manifest_problem(manifest)
+        if problem is not None:
+            raise DataError(f"{path}: {problem}. Delete the artifact's folder, or run its stage again, to remake it.")
+        return manifest
 
     def find(self, text: str) -> ArtifactRef:
         """Resolve an artifact id, a unique id prefix or an artifact folder path."""
@@ -109,8 +136,11 @@ class Store:
         try:
             manifest = json.loads(mf.read_text())
             files = manifest["files"]
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             return f"{mf} is unreadable ({exc})"
+        problem = manifest_problem(manifest)
+        if problem is not None:
+            return problem
         for input_id, made in manifest.get("inputs_made", {}).items():
             other = self.root / "artifacts" / input_id / MANIFEST
             if other.is_file() and json.loads(other.read_text()).get("made") != made:
@@ -130,6 +160,11 @@ class Store:
         for rel in sorted(files):
             if sha256_file(folder / rel) != files[rel]["sha256"]:
                 return f"{rel} does not match its sha256 in the manifest (corrupt or edited)"
+        problem = declared_shape_problem(folder, manifest)
+        if problem is not None:
+            return problem
+        if "digest" not in manifest:  # a verified format-1 artifact: protect its manifest from now on
+            write_manifest(mf, manifest)
         _VERIFIED[key] = tuple(snapshot)
         return None
 
@@ -290,7 +325,7 @@ class ArtifactWriter:
             "sha256": sha256_file(self.tmp / "README.md"),
             "size": (self.tmp / "README.md").stat().st_size,
         }
-        write_json_atomic(self.tmp / MANIFEST, manifest)  # last: its presence means complete
+        write_manifest(self.tmp / MANIFEST, manifest)  # last: its presence means complete
         dest = self.store.path(self.ref)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():  # an unusable leftover (verified absent by the caller): keep it, out of the way
@@ -316,6 +351,23 @@ class ArtifactWriter:
         if not any((self.tmp / "data").iterdir()):
             (self.tmp / "data").rmdir()
         return splits
+
+
+def declared_shape_problem(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """None if the rows and columns the manifest declares are those of its parquet files."""
+    total = 0
+    for split, info in manifest.get("splits", {}).items():
+        rows = sum(pq.read_metadata(folder / f).num_rows for f in info["files"])
+        if rows != info["rows"]:
+            return f"split {split} has {rows} rows, the manifest says {info['rows']}"
+        total += rows
+    if manifest.get("splits") and total != manifest.get("rows"):
+        return f"the data has {total} rows, the manifest says {manifest.get('rows')}"
+    first = next((info["files"][0] for info in manifest.get("splits", {}).values() if info["files"]), None)
+    columns = pq.read_schema(folder / first).names if first else []
+    if columns != manifest.get("columns", []):
+        return f"the data's columns are {columns}, the manifest says {manifest.get('columns')}"
+    return None
 
 
 def _card(manifest: dict[str, Any], text: str) -> str:

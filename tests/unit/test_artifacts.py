@@ -4,6 +4,7 @@ import datasets
 import pyarrow as pa
 import pytest
 
+from rebelflow.config.errors import DataError
 from rebelflow.store import local
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, fingerprint
@@ -136,3 +137,56 @@ def test_the_artifact_lock_is_exclusive_across_open_files(tmp_path):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(tmp_path / ".locks/generate-abc.lock", "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: free again
+
+
+def edit_manifest(store, ref, change, redigest=False):
+    path = store.path(ref) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    if redigest:
+        manifest["digest"] = local.manifest_digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.update(rows=m["rows"] - 1),
+    lambda m: m["settings"].update(name="other"),
+    lambda m: m["splits"]["train"].update(rows=1),
+    lambda m: m.pop("digest"),
+])
+def test_an_edited_manifest_is_detected_on_every_read(tmp_path, change):
+    store = Store(tmp_path)
+    ref = make(store)
+    assert store.is_complete(ref)  # verified once, remembered
+    edit_manifest(store, ref, change)
+    assert "manifest.json" in store.verify(ref)
+    with pytest.raises(DataError, match="manifest.json"):
+        store.manifest(ref)
+    assert not store.is_complete(ref, quarantine=True) and list((tmp_path / "quarantine").iterdir())
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: m["splits"]["train"].update(rows=5), "split train has 4 rows, the manifest says 5"),
+    (lambda m: m.update(rows=9), "the data has 4 rows, the manifest says 9"),
+    (lambda m: m.update(columns=["x"]), "the data's columns are \\['x', 'text'\\]"),
+])
+def test_declared_rows_and_columns_are_checked_against_the_data(tmp_path, change, problem):
+    """Even a manifest whose digest was recomputed after the edit says what its data does not hold."""
+    store = Store(tmp_path)
+    ref = make(store)
+    edit_manifest(store, ref, change, redigest=True)
+    local.forget_verifications()
+    assert store.verify(ref) is not None
+    assert problem.replace("\\", "") in store.verify(ref)
+
+
+def test_a_format_one_manifest_is_verified_then_protected(tmp_path):
+    store = Store(tmp_path)
+    ref = make(store)
+    edit_manifest(store, ref, lambda m: (m.pop("digest"), m.update(format=1)))
+    local.forget_verifications()
+    assert store.verify(ref) is None  # an artifact made before manifests carried digests stays usable
+    upgraded = json.loads((store.path(ref) / "manifest.json").read_text())
+    assert upgraded["digest"] == local.manifest_digest(upgraded)
+    edit_manifest(store, ref, lambda m: m.update(rows=1))
+    assert "edited" in store.verify(ref)
