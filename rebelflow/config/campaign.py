@@ -439,5 +439,15 @@ class RunConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _same_precision(self) -> RunConfig:
+        if self.train.dtype != self.logprobs.dtype:
+            raise ValueError(
+                f"train.dtype ({self.train.dtype}) and logprobs.dtype ({self.logprobs.dtype}) differ: π_old would "
+                "come from another precision than π_θ, so the log-ratio is not 0 at the first step and the "
+                f"regression starts off target. Set both to {self.train.dtype} (or both to {self.logprobs.dtype})."
+            )
+        return self
+
     def stages(self) -> tuple[str, ...]:
         return ROUND_STAGES[: ROUND_STAGES.index(self.stop_after) + 1]

@@ -34,7 +34,7 @@ NEW_PAD = "[PAD]"
 
 
 class Settings(RMTrainConfig):
-    UNHASHED: ClassVar[set[str]] = {"launcher", "tracking"}
+    UNHASHED: ClassVar[set[str]] = {"launcher", "tracking", "checkpoint_every", "eval_every"}  # cannot change the weights
     tracking: dict | None = None  # tracking.run_info(...): where this stage logs its updates
 
 

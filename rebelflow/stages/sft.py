@@ -29,7 +29,7 @@ NAME, VERSION, KIND = "sft", 1, "model"
 
 
 class Settings(SFTConfig):
-    UNHASHED: ClassVar[set[str]] = {"launcher", "data", "tracking"}
+    UNHASHED: ClassVar[set[str]] = {"launcher", "data", "tracking", "checkpoint_every"}  # cannot change the weights
     tracking: dict | None = None  # tracking.run_info(...): where this stage logs its updates
 
     data_identity: str

@@ -31,7 +31,7 @@ NAME, VERSION, KIND = "train", 1, "model"
 
 
 class Settings(TrainConfig):
-    UNHASHED: ClassVar[set[str]] = {"launcher", "tracking"}
+    UNHASHED: ClassVar[set[str]] = {"launcher", "tracking", "checkpoint_every", "eval_every"}  # cannot change the weights
     tracking: dict | None = None  # tracking.run_info(...): where this stage logs its updates
 
     temperature: float  # the sampling temperature, as in the logprobs stage

@@ -198,3 +198,24 @@ def test_model_stages_take_the_gpu_limit_and_rule_scoring_does_not(tmp_path, pro
     classifier = make_config(tmp_path, prompts_file, reward={"backend": "classifier", "function": None, "model": "x/y"})
     assert uses_accelerator(next(j for j in campaign_jobs(classifier) if j.name == "score"))
     assert accelerator_limit() == "gpu"
+
+
+def test_settings_that_cannot_change_the_weights_stay_out_of_training_fingerprints(tmp_path, prompts_file):
+    """Checkpoints and validation every N updates give byte-identical weights: changing them must not retrain."""
+    from rebelflow.planning.campaign import campaign_jobs
+
+    def ids(train=None, sft=None):
+        sft = {"data": str(prompts_file), "prompt_column": "prompt", "response_column": "prompt", **(sft or {})}
+        cfg = make_config(tmp_path, prompts_file, train=train or {}, sft=sft)
+        return {(j.name, j.round): j.ref.id for j in campaign_jobs(cfg) if j.name in ("train", "sft")}
+
+    base = ids()
+    assert len(base) == 2
+    assert ids({"checkpoint_every": 7, "eval_every": 3}, {"checkpoint_every": 5}) == base
+    assert ids({"lr": 0.5}) != base  # a setting that does change them
+
+
+def test_train_and_logprobs_must_compute_in_one_precision(tmp_path, prompts_file):
+    with pytest.raises(ConfigError, match=r"train.dtype \(bfloat16\) and logprobs.dtype \(float32\) differ.*Set both"):
+        make_config(tmp_path, prompts_file, train={"dtype": "bfloat16"})
+    assert make_config(tmp_path, prompts_file, train={"dtype": "bfloat16"}, logprobs={"dtype": "bfloat16"})
