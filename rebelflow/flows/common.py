@@ -41,7 +41,8 @@ def run_stage(campaign: str, job: StageJob, store: Store, hub: HubConfig | None 
     started = time.time()
     if hub is not None and not store.is_complete(job.ref, quarantine=True):
         fetch_missing(hub, store, campaign, job)
-    state = task_for(job, store)(job, str(store.root), return_state=True)
+    found = store.is_complete(job.ref, quarantine=True)  # damaged artifacts are moved aside and made again
+    state = task_for(job, missing=not found)(job, str(store.root), return_state=True)
     if not state.is_completed():
         store.record(campaign, job.round, job.name, job.ref, state="failed")
         state.result()  # raises the stage's exception
@@ -51,7 +52,7 @@ def run_stage(campaign: str, job: StageJob, store: Store, hub: HubConfig | None 
     if hub is not None:
         record_in_index(store, campaign, job.round, job.name, publish(hub, store, campaign, job.round, job.name, ref))
     publish_stage(campaign, job.round, job.name, ref, store, seconds)
-    status = "cached" if state.name == "Cached" else "ran"
+    status = "cached" if found or state.name == "Cached" else "ran"
     if tracking is not None and status == "ran" and job.stage not in TRAINING_STAGES:
         name = f"{campaign}-r{job.round}-{job.name}"
         tracker = Tracker(run_info(tracking, str(store.root), campaign, name, job.name), {"round": job.round})

@@ -61,6 +61,9 @@ def transient_only(task, task_run, state) -> bool:
 def stage_task(job: StageJob, store_root: str) -> ArtifactRef:
     logger = get_run_logger()
     logger.info("%s round %d -> %s", job.name, job.round, job.ref.id)
+    if Store(store_root).is_complete(job.ref):  # made by another run, machine or PREFECT_HOME: nothing to launch
+        logger.info("%s round %d: complete in the store", job.name, job.round)
+        return job.ref
     if not uses_accelerator(job):
         return launch(job, Store(store_root), emit=logger.info)
     # Stages that load a model take a slot of the global concurrency limit (`gpu`, made by `rebelflow
@@ -86,8 +89,7 @@ def accelerator_limit() -> str:
     return os.environ.get("REBELFLOW_GPU_LIMIT", "gpu")
 
 
-def task_for(job: StageJob, store: Store):
-    """The stage task under its UI name (e.g. `generate_task`); it re-runs, whatever Prefect's cache
-    holds, when the store has no complete and verified artifact (damaged ones are moved aside)."""
-    missing = not store.is_complete(job.ref, quarantine=True)
+def task_for(job: StageJob, missing: bool):
+    """The stage task under its UI name (e.g. `generate_task`); with `missing` (the store has no complete
+    and verified artifact) it re-runs whatever Prefect's cache holds."""
     return stage_task.with_options(name=f"{job.name}_task", refresh_cache=missing)

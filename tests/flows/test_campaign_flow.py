@@ -102,6 +102,20 @@ def test_a_stage_in_a_subprocess(tmp_path, prompts_file):
     assert "generate round 1:" in log
 
 
+def test_a_new_prefect_home_finds_the_stages_in_the_store_without_launching_them(tmp_path, prompts_file):
+    """Prefect's result cache lost (a new PREFECT_HOME, machine or worker): every stage is still found in the
+    store, reported cached, and no stage process is launched (its log keeps one attempt)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    cfg = make_config(tmp_path, prompts_file, generate={"launcher": {"kind": "subprocess"}}, stop_after="prepare")
+    first = campaign_flow(cfg)
+    shutil.rmtree(PREFECT_LOCAL_STORAGE_PATH.value(), ignore_errors=True)
+    second = campaign_flow(cfg)
+    assert set(statuses(second).values()) == {"cached"}
+    gen = next(r for r in first["records"] if (r["round"], r["stage"]) == (1, "generate"))
+    assert (tmp_path / "store/logs" / f"{gen['id']}.log").read_text().count("===== attempt started") == 1
+
+
 def test_a_broken_reward_fails_the_flow_with_a_data_error_and_keeps_earlier_stages(tmp_path, prompts_file):
     (tmp_path / "rules.py").write_text("def broken(messages, response):\n    raise RuntimeError('bad rule')\n")
     cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:broken"})
