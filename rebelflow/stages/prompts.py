@@ -18,6 +18,7 @@ Run alone: python -m rebelflow.stages.prompts configs/demo-rebel.yaml --round 1
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections import Counter
@@ -131,6 +132,8 @@ def read_dataset(source: str, split: str = "train", revision: str | None = None,
             path = Path(source)
             if path.stat().st_size == 0 or not path.read_bytes().strip():
                 raise DataError(f"{what} {source} is empty. Give a file with one example per row.")
+            if path.suffix == ".jsonl":
+                check_jsonl(path, what)
             builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}[path.suffix[1:]]
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         return datasets.load_dataset(source, split=split, revision=revision)
@@ -138,6 +141,26 @@ def read_dataset(source: str, split: str = "train", revision: str | None = None,
         raise
     except Exception as exc:  # datasets raises many types for unreadable files; keep its words
         raise DataError(f"cannot read {what} {source}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_jsonl(path: Path, what: str) -> None:
+    """DataError naming the first line (1-based, as editors count) that is not one JSON object."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{what} {path}: line {number} is not valid JSON ({exc.msg}, column {exc.colno}). Fix or "
+                    "remove that line: each line must hold one JSON object."
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"{what} {path}: line {number} holds a JSON {type(value).__name__}, not an object. Each line "
+                    'must be one JSON object, e.g. {"prompt": "..."}.'
+                )
 
 
 def require_columns(ds, source: str, wanted: dict[str, str | None]) -> None:

@@ -63,6 +63,17 @@ def test_empty_file_and_wrong_column_are_clear_errors(tmp_path):
         run_job(_jobs(cfg, 1), Store(cfg.store.root))
 
 
+def test_a_broken_jsonl_line_is_named_by_its_line_number(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n{"prompt": "c",}\n')
+    cfg = make_config(tmp_path, broken)
+    with pytest.raises(DataError, match=r"line 4 is not valid JSON .*Fix or remove that line"):
+        run_job(_jobs(cfg, 1), Store(cfg.store.root))
+    broken.write_text('{"prompt": "a"}\n["b"]\n')
+    with pytest.raises(DataError, match=r"line 2 holds a JSON list, not an object"):
+        run_job(_jobs(cfg, 1), Store(cfg.store.root))
+
+
 def test_a_moved_file_keeps_its_fingerprint(tmp_path, prompts_file):
     moved = tmp_path / "elsewhere.jsonl"
     moved.write_bytes(prompts_file.read_bytes())
