@@ -291,11 +291,13 @@ def _load_rm(config: str, overrides: list[str], store: str | None, train: bool |
     config has training data); problems exit with code 2 before any work."""
     from rebelflow.config.loading import load_config
     from rebelflow.config.reward_model import RMConfig
+    from rebelflow.planning.preflight import check_models, reward_model_models
     from rebelflow.planning.reward_model import rm_jobs
     from rebelflow.store.local import Store
 
     try:
         cfg = load_config(config, overrides, store, root=RMConfig)
+        check_models(reward_model_models(cfg))
         rm_jobs(cfg, train=cfg.data is not None if train is None else train, store=Store(cfg.store.root))
     except RebelflowError as exc:
         what = "config error" if isinstance(exc, ConfigError) else "input error"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
 from rebelflow.config.campaign import LauncherConfig, RunConfig
-from rebelflow.config.errors import ConfigError
+from rebelflow.config.errors import ConfigError, DataError
 from rebelflow.planning.campaign import turns_column
 from rebelflow.stages import prompts
 
@@ -22,13 +23,95 @@ def preflight(cfg: RunConfig) -> None:
     do the evaluation prompts; every stage's interpreter and engine are there. Raises DataError or
     ConfigError before any stage starts (reads each source once)."""
     check_engines(cfg)
+    check_models(campaign_models(cfg))
     first = prompts.Settings.from_config(cfg.prompts, 1, turns_column(cfg))
     rows = prompts.load_rows(first)
     for k in range(1, cfg.rounds + 1):
-        prompts.select(prompts.Settings.from_config(cfg.prompts, k, turns_column(cfg)), rows)
+        selected, _ = prompts.select(prompts.Settings.from_config(cfg.prompts, k, turns_column(cfg)), rows)
+        check_pairs(cfg, k, len(selected))
+    check_prompt_lengths(cfg, prompts.select(first, rows)[0])
     if "evaluate" in cfg.stages():
         held_out = prompts.Settings.from_config(cfg.evaluate.prompts, 1, turns_column(cfg))
         prompts.select(held_out, prompts.load_rows(held_out))
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def campaign_models(cfg: RunConfig) -> dict[str, str]:
+    """The models a campaign loads, by config key (the tiny policy is built, not loaded)."""
+    models = {} if cfg.policy.model == "tiny" else {"policy.model": cfg.policy.model}
+    if cfg.reward.backend != "rule" and cfg.reward.model:
+        models["reward.artifact" if cfg.reward.artifact else "reward.model"] = cfg.reward.model
+    user = cfg.dialogue.user if cfg.dialogue is not None else None
+    if user is not None and user.kind == "llm" and user.engine != "openai" and user.model:
+        models["dialogue.user.model"] = user.model
+    return models
+
+
+def reward_model_models(cfg) -> dict[str, str]:
+    """The models a reward-model config loads, by config key."""
+    models = {} if cfg.model == "tiny" or cfg.data is None else {"model": cfg.model}
+    reward = cfg.eval.reward
+    if reward is not None and reward.backend != "rule" and reward.model:
+        models["eval.reward.model"] = reward.model
+    return models
+
+
+def check_models(models: dict[str, str]) -> None:
+    """Every model is a model folder on this machine (with its config.json) or a well-formed Hub id:
+    a wrong path fails here, with its key, not a minute later inside a stage."""
+    for key, source in models.items():
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"[{key}] {source} is a folder without config.json, so not a model folder. Point {key} at "
+                    "the folder that `save_pretrained` wrote (config.json beside the weights)."
+                )
+            continue
+        looks_like_path = path.exists() or source.startswith(("/", ".", "~")) or source.count("/") > 1
+        if looks_like_path or not HUB_ID.match(source):
+            raise ConfigError(
+                f"[{key}] {source!r} is neither a model folder on this machine ({'a file' if path.is_file() else 'no such folder'}) "
+                f"nor a Hub model id (name or org/name). Fix the path (relative paths are read from the config "
+                "file's folder), or give a Hub id."
+            )
+
+
+def check_pairs(cfg: RunConfig, k: int, prompt_count: int) -> None:
+    """A round of `prompt_count` prompts gives at most one pair per prompt: after the held-out pairs there
+    must be one full update's worth."""
+    if "train" not in cfg.stages():
+        return
+    left = prompt_count - cfg.prepare.validation_pairs
+    if left < cfg.train.pairs_per_update:
+        raise DataError(
+            f"round {k} has {prompt_count} prompts, so at most {prompt_count} pairs; prepare.validation_pairs "
+            f"({cfg.prepare.validation_pairs}) are held out, leaving {max(left, 0)}, fewer than "
+            f"train.pairs_per_update ({cfg.train.pairs_per_update}): not one update could run. Lower "
+            "train.pairs_per_update or prepare.validation_pairs, or use more prompts per round."
+        )
+
+
+def check_prompt_lengths(cfg: RunConfig, rows: list[dict], sample: int = 64) -> None:
+    """When the policy's tokenizer is on this machine, the first prompts of round 1 against
+    prepare.max_prompt_tokens: if every sampled prompt is longer, no pair could be made."""
+    if "prepare" not in cfg.stages() or cfg.policy.model == "tiny" or not (Path(cfg.policy.model) / "config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from rebelflow.ml.chat import prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.policy.model, revision=cfg.policy.revision)
+    lengths = [len(prompt_ids(tokenizer, row["messages"])) for row in rows[:sample]]
+    too_long = sum(n > cfg.prepare.max_prompt_tokens for n in lengths)
+    if lengths and too_long == len(lengths):
+        raise DataError(
+            f"all {len(lengths)} sampled prompts of round 1 are longer than prepare.max_prompt_tokens "
+            f"({cfg.prepare.max_prompt_tokens}; the shortest has {min(lengths)} tokens with the chat template), "
+            "so prepare would drop every pair. Raise prepare.max_prompt_tokens or use shorter prompts."
+        )
 
 
 def check_engines(cfg: RunConfig) -> None:

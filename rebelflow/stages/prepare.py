@@ -32,6 +32,16 @@ from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
 NAME, VERSION, KIND = "prepare", 1, "dataset"
+FIXES = {  # what to change when a filter drops too much, by filter name (prepare and prepare_dialogues)
+    "prompt too long": "Raise prepare.max_prompt_tokens ({s.max_prompt_tokens}) or use shorter prompts.",
+    "response too long": "Raise prepare.max_response_tokens ({s.max_response_tokens}).",
+    "too long": "Raise prepare.max_prompt_tokens ({s.max_prompt_tokens}) or prepare.max_response_tokens "
+                "({s.max_response_tokens}).",
+    "no end-of-turn": "Raise generate.max_new_tokens, or set prepare.require_eot: false.",
+    "identical pair": "Sample more varied responses (a higher generate.temperature or a larger generate.n).",
+    "invalid reward": "Fix the reward: it gave fewer than two valid rewards for these prompts.",
+    "invalid dialogue": "Fix the simulated user: its turns failed (see the generate stage's invalid reasons).",
+}
 FILTERS = ("invalid reward", "prompt too long", "no end-of-turn", "identical pair", "response too long")
 SCHEMA = pa.schema(
     [
@@ -121,10 +131,11 @@ def write_pairs(settings: PrepareConfig, ref: ArtifactRef, version: int, scored:
         else:
             pairs.append(pair)
     if len(pairs) <= settings.validation_pairs:
+        fixes = [FIXES[reason].format(s=settings) for reason, n in dropped.most_common() if n and reason in FIXES]
         raise DataError(
             f"{len(pairs)} of {len(rows)} {what} gave a pair (dropped: {dict(dropped)}), not more than "
-            f"prepare.validation_pairs ({settings.validation_pairs}). Lower validation_pairs, loosen the "
-            "filters, or use more prompts."
+            f"prepare.validation_pairs ({settings.validation_pairs}). {' '.join(fixes)} Or lower "
+            "prepare.validation_pairs, or use more prompts."
         )
     order = list(range(len(pairs)))
     random.Random(settings.seed).shuffle(order)

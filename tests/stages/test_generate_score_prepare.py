@@ -156,7 +156,7 @@ def test_prepare_filters_are_counted_per_reason():
 
 def test_prepare_says_what_to_change_when_too_few_pairs_survive(tmp_path, prompts_file, tiny_policy):
     cfg = make_config(tmp_path, prompts_file, prepare={"max_response_tokens": 1})
-    with pytest.raises(DataError, match=r"0 of 12 prompts gave a pair .*'response too long': 12.*Lower validation_pairs"):
+    with pytest.raises(DataError, match=r"0 of 12 prompts gave a pair .*'response too long': 12.*Raise prepare.max_response_tokens \(1\).*lower prepare.validation_pairs"):
         run_round(cfg, tiny_policy)
 
 

@@ -219,3 +219,23 @@ def test_train_and_logprobs_must_compute_in_one_precision(tmp_path, prompts_file
     with pytest.raises(ConfigError, match=r"train.dtype \(bfloat16\) and logprobs.dtype \(float32\) differ.*Set both"):
         make_config(tmp_path, prompts_file, train={"dtype": "bfloat16"})
     assert make_config(tmp_path, prompts_file, train={"dtype": "bfloat16"}, logprobs={"dtype": "bfloat16"})
+
+
+def test_preflight_finds_wrong_models_and_infeasible_slices_before_any_work(tmp_path, prompts_file, tiny_policy):
+    from rebelflow.config.errors import DataError
+    from rebelflow.planning.preflight import check_models, preflight
+
+    (tmp_path / "notamodel").mkdir()
+    for source, problem in [(str(tmp_path / "missing"), "neither a model folder on this machine .no such folder"),
+                            (str(tmp_path / "notamodel"), "a folder without config.json"),
+                            ("a/b/c", "neither a model folder"), ("bad id!", "nor a Hub model id")]:
+        with pytest.raises(ConfigError, match=rf"\[policy.model\] .*{problem}"):
+            preflight(make_config(tmp_path, prompts_file, policy={"model": source}))
+    check_models({"policy.model": "meta-llama/Meta-Llama-3-8B-Instruct", "reward.model": tiny_policy})
+    # 12 prompts: 2 held out leave 10 pairs at most, fewer than 16 per update
+    with pytest.raises(DataError, match=r"round 1 has 12 prompts.*leaving 10, fewer than train.pairs_per_update \(16\)"):
+        preflight(make_config(tmp_path, prompts_file, train={"pairs_per_update": 16, "micro_batch_pairs": 2}))
+    # a real tokenizer at hand: every prompt longer than prepare.max_prompt_tokens
+    with pytest.raises(DataError, match=r"longer than prepare.max_prompt_tokens \(4;"):
+        preflight(make_config(tmp_path, prompts_file, policy={"model": tiny_policy}, prepare={"max_prompt_tokens": 4}))
+    preflight(make_config(tmp_path, prompts_file, policy={"model": tiny_policy}))
