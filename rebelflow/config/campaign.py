@@ -181,6 +181,9 @@ class RewardConfig(Section):
 
 class ScoreConfig(Section):
     shard_size: int = Field(256, ge=1, description="prompts per parquet shard (the unit of resume)")
+    max_invalid_fraction: float = Field(
+        0.1, ge=0, le=1, description="stop when more rewards than this are invalid (a broken reward, not noise)"
+    )
     launcher: LauncherConfig = LauncherConfig()
 
 
@@ -324,6 +327,9 @@ class UserConfig(Section):
     dtype: DTYPE = "float32"
     turns_column: str | None = Field(
         None, description="dataset: the prompts column with the later user turns (strings, messages or HH text)"
+    )
+    max_invalid_fraction: float = Field(
+        0.1, ge=0, le=1, description="stop when more dialogues than this lose a user turn (a broken user)"
     )
 
     @model_validator(mode="after")

@@ -168,7 +168,8 @@ def _train_settings(cfg: RunConfig, k: int) -> train.Settings:
 
 
 def _score_settings(cfg: RunConfig) -> score.Settings:
-    return score.Settings(reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size)
+    return score.Settings(reward=cfg.reward, reward_identity=reward_identity(cfg.reward), shard_size=cfg.score.shard_size,
+                          max_invalid_fraction=cfg.score.max_invalid_fraction)
 
 
 def _dialogue_settings(cfg: RunConfig, sampling, branching: bool) -> generate_dialogues.Settings:

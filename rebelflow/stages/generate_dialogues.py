@@ -38,6 +38,7 @@ from rebelflow.config.campaign import (
 from rebelflow.engines import SamplingParams, load_engine
 from rebelflow.stages.generate import write_in_shards
 from rebelflow.stages.prompts import MESSAGES
+from rebelflow.stages.score import check_invalid
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 from rebelflow.users import UserRequest, load_user
@@ -60,7 +61,7 @@ SCHEMA = pa.schema(
 
 class Settings(Section):
     UNHASHED: ClassVar[dict] = {
-        "launcher": True, "vllm": VLLM_SPEED_ONLY, "user": {"vllm": VLLM_SPEED_ONLY, "openai": OPENAI_TRANSPORT},
+        "launcher": True, "vllm": VLLM_SPEED_ONLY, "user": {"vllm": VLLM_SPEED_ONLY, "openai": OPENAI_TRANSPORT, "max_invalid_fraction": True},
     }
 
     engine: str
@@ -187,6 +188,9 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store:
     with store.writer(ref, VERSION, hashed_settings(settings), [prompts, policy]) as w:
         done = write_in_shards(w, store.read_rows(prompts), settings.shard_size, dialogues, SCHEMA,
                                f"dialogues ×{settings.turns} turns", "dialogue")
+        failures = [(f"prompt {r['prompt_id']}", r["invalid_reason"]) for r in done if r["invalid_reason"]]
+        check_invalid(failures, len(done), settings.user.max_invalid_fraction, "dialogue.user.max_invalid_fraction",
+                      "the simulated user", "Fix the simulated user.")
         w.finish(summary=_summary(done), card="Multi-turn dialogues with a simulated user; rollout 2 branches at turn h.")
     return ref
 

@@ -38,11 +38,12 @@ SCHEMA = GENERATE_SCHEMA.append(pa.field("rewards", pa.list_(pa.float64()))).app
 
 class Settings(Section):
     # A reward model is named by reward_identity (its files' hashes, or Hub id and revision), not its path.
-    UNHASHED: ClassVar[dict] = {"launcher": True, "reward": {"model": True}}
+    UNHASHED: ClassVar[dict] = {"launcher": True, "reward": {"model": True}, "max_invalid_fraction": True}
 
     reward: RewardConfig
     reward_identity: str
     shard_size: int
+    max_invalid_fraction: float = 0.1  # a quality gate: the stage stops above it, its output never depends on it
     launcher: LauncherConfig = LauncherConfig()
 
 
@@ -66,7 +67,7 @@ def score_chunk(chunk: list[dict], backend) -> None:
 
 def score_in_shards(settings: Settings, ref: ArtifactRef, version: int, source: ArtifactRef, store: Store,
                     score_chunk: Callable[[list[dict], object], None], schema: pa.Schema,
-                    summarize: Callable[[list[dict]], dict], card: str) -> ArtifactRef:
+                    summarize: Callable[[list[dict], float], dict], card: str) -> ArtifactRef:
     """The shard loop of score and score_dialogues: rows in shards of settings.shard_size, finished shards
     kept, the reward loaded only if a shard is left to do. Under `accelerate launch` (score.launcher, one
     process per GPU) every rank loads the reward and scores its share of each shard; the main process
@@ -88,29 +89,45 @@ def score_in_shards(settings: Settings, ref: ArtifactRef, version: int, source: 
             chunk = rows[starts[index] : starts[index] + settings.shard_size]
             backend = backend or load_reward(settings.reward, ranks)
             score_chunk(chunk, backend)
-            summarize(chunk)  # raises if the reward failed on the whole shard: never keep such a shard, so
+            summarize(chunk, 1.0)  # raises if the reward failed on the whole shard: never keep such a shard, so: never keep such a shard, so
             if main:          # a run after the reward is fixed scores it again
                 w.write_shard("train", index, chunk, schema)
             bar.update(len(chunk))
         bar.close()
         if main:
             scored = pa.concat_tables(w.read_shard("train", i) for i in range(len(starts))).to_pylist()
-            summary = {**summarize(scored), "processes": 1 if ranks is None else ranks.count}
+            summary = {**summarize(scored, settings.max_invalid_fraction), "processes": 1 if ranks is None else ranks.count}
             w.finish(summary=summary, card=card)
     finish_distributed()
     return ref
 
 
-def _summary(rows: list[dict]) -> dict:
+def check_invalid(failures: list[tuple[str, str]], total: int, limit: float, key: str, what: str, fix: str) -> None:
+    """DataError when more than `limit` of `total` items failed: the most common reason and an example.
+    `failures` holds (item, reason) of each failed item; `key` is the setting that sets the limit."""
+    if not total or (len(failures) <= limit * total and len(failures) < total):  # all failed: always a stop
+        return
+    reasons = Counter(reason for _, reason in failures)
+    common, count = reasons.most_common(1)[0]
+    example = next(item for item, reason in failures if reason == common)
+    raise DataError(
+        f"{what} failed for {len(failures)} of {total} ({len(failures) / total:.0%}), above {key} ({limit}). "
+        f"Most common reason ({count}×): {common} (e.g. {example}). {fix} Finished shards are kept under the "
+        f"store's .partial folder; raise {key} only if such failures are expected."
+    )
+
+
+def _summary(rows: list[dict], max_invalid: float = 1.0) -> dict:
     values = [v for r in rows for v in r["rewards"] if not math.isnan(v)]
     reasons = Counter(x for r in rows for x in r["invalid_reasons"] if x)
     total = sum(len(r["rewards"]) for r in rows)
+    failures = [(f"prompt {r['prompt_id']} response {j}", reason or "NaN")
+                for r in rows for j, (v, reason) in enumerate(zip(r["rewards"], r["invalid_reasons"], strict=True))
+                if math.isnan(v)]
+    check_invalid(failures, total, max_invalid, "score.max_invalid_fraction", "the reward",
+                  "Fix the reward.")
     if not values:
-        first = next(iter(reasons), "unknown")
-        raise DataError(
-            f"the reward was invalid for all {total} responses; first reason: {first}. Fix the reward "
-            "(the finished shards of this attempt are kept under the store's .partial folder)."
-        )
+        raise DataError("no response to score: the generate artifact is empty. Check the prompts and generate settings.")
     return {
         "responses": total,
         "invalid": total - len(values),

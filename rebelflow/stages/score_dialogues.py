@@ -22,7 +22,7 @@ from rebelflow.config.errors import DataError
 from rebelflow.ml.chat import turn_positions
 from rebelflow.stages.generate_dialogues import SCHEMA as DIALOGUE_SCHEMA
 from rebelflow.stages.score import Settings as ScoreSettings
-from rebelflow.stages.score import score_in_shards
+from rebelflow.stages.score import check_invalid, score_in_shards
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref
 
@@ -74,7 +74,11 @@ def run(settings: Settings, dialogues: ArtifactRef, *, store: Store) -> Artifact
     )
 
 
-def _summary(rows: list[dict]) -> dict:
+def _summary(rows: list[dict], max_invalid: float = 1.0) -> dict:
+    scored = sum(len(r["rewards1"]) + max(0, len(r["rewards2"]) - r["branch_turn"]) for r in rows)
+    failures = [(f"prompt {r['prompt_id']} {x.partition(':')[0]}", x.partition(": ")[2]) for r in rows
+                for x in r["reward_reasons"]]
+    check_invalid(failures, scored, max_invalid, "score.max_invalid_fraction", "the reward", "Fix the reward.")
     turns = max(len(r["rewards1"]) for r in rows)
     by_turn = []
     for t in range(turns):

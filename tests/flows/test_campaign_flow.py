@@ -176,7 +176,7 @@ def test_cli_reports_a_failing_stage_in_one_message(tmp_path, prompts_file):
                         "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n")
     result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", str(tmp_path / "s")])
     assert result.exit_code == 1
-    assert "DataError: the reward was invalid for all 24 responses" in result.output
+    assert "DataError: the reward failed for 24 of 24 (100%)" in result.output
     assert "run the same command again" in result.output
 
 

@@ -263,3 +263,35 @@ def test_per_turn_win_rates_by_hand():
     assert summary["win_rate"] == pytest.approx(1.25 / 3, abs=1e-5)
     assert by_turn_text(summary) == "0.50 0.75 0.00"
     assert by_turn_text({"win_rate_by_turn": [0.5, None]}, " · ") == "0.50 · –"
+
+
+def test_a_user_failing_for_many_dialogues_stops_generation(tmp_path, prompts_file, tiny_policy):
+    """A simulated user that fails for 6 of 12 dialogues (above max_invalid_fraction 0.1) stops the stage with
+    the most common reason and an example; with the limit raised the stage runs and counts them."""
+    from rebelflow.config.errors import DataError
+    from rebelflow.planning.campaign import Baseline, round_plan
+    from rebelflow.running.launch import launch
+    from rebelflow.store.local import Store
+    from rebelflow.store.refs import external_model
+    from tests.conftest import make_config
+
+    (tmp_path / "u.py").write_text(
+        "def ask(messages):\n"
+        "    if messages[0]['content'].split()[-1].rstrip('.') in {'cats', 'music', 'trains', 'tea', 'boats', 'honey'}:\n"
+        "        raise KeyError('odd topic')\n"
+        "    return 'and then?'\n"
+    )
+    user = {"kind": "scripted", "function": f"{tmp_path / 'u.py'}:ask"}
+    for limit, fails in ((0.1, True), (0.9, False)):
+        cfg = make_config(tmp_path / str(limit), prompts_file, stop_after="generate",
+                          dialogue={"turns": 2, "user": {**user, "max_invalid_fraction": limit}})
+        store = Store(cfg.store.root)
+        jobs = round_plan(cfg, 1, external_model(tiny_policy), Baseline()).jobs()
+        launch(jobs[0], store)
+        if fails:
+            with pytest.raises(DataError, match=r"the simulated user failed for 6 of 12 \(50%\), above "
+                                                r"dialogue.user.max_invalid_fraction \(0.1\).*raised KeyError.*\(e.g. prompt p"):
+                launch(jobs[1], store)
+        else:
+            launch(jobs[1], store)
+            assert store.manifest(jobs[1].ref)["summary"]["invalid"] > 0

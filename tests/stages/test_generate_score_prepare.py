@@ -70,7 +70,8 @@ def test_score_marks_failing_rows_invalid_and_counts_them(tmp_path, prompts_file
         "    if messages[-1]['content'] == 'Tell me about rain.':\n        return float('nan')\n"
         "    return len(response)\n"
     )
-    cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:flaky"})
+    cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:flaky"},
+                      score={"max_invalid_fraction": 0.2})  # 6 of 36 invalid: allowed here
     store, refs, _ = run_round(cfg, tiny_policy, upto="score")
     rows = {r["messages"][-1]["content"]: r for r in store.read_rows(refs["score"])}
     music, rain, cats = rows["Tell me about music."], rows["Tell me about rain."], rows["Tell me about cats."]
@@ -94,7 +95,7 @@ def test_score_stops_with_the_reason_when_every_reward_fails(tmp_path, prompts_f
     )
     cfg = make_config(tmp_path, prompts_file, reward={"function": f"{tmp_path / 'rules.py'}:sometimes"})
     flag.touch()
-    with pytest.raises(DataError, match="invalid for all 12 responses; first reason: .*raised KeyError"):
+    with pytest.raises(DataError, match=r"the reward failed for 12 of 12 \(100%\).*Most common reason \(12×\): .*raised KeyError"):
         run_round(cfg, tiny_policy, upto="score")
     flag.unlink()
     store, refs, _ = run_round(cfg, tiny_policy, upto="score")
@@ -256,3 +257,21 @@ def test_score_shared_over_two_ranks_equals_one_process(tmp_path, prompts_file, 
     for (_, a), (_, b) in zip(one, two, strict=True):
         assert b == pytest.approx(a, abs=1e-5)
     assert store.manifest(refs["score"])["summary"]["processes"] == 2
+
+
+def test_a_reward_failing_for_part_of_the_responses_stops_above_the_limit(tmp_path, prompts_file, tiny_policy):
+    """A rule that raises for half the topics (two of every shard of four): 50 % invalid is a bug, not noise."""
+    (tmp_path / "rules.py").write_text(
+        "def half(messages, response):\n"
+        "    if messages[-1]['content'].split()[-1].rstrip('.') in {'cats', 'music', 'trains', 'tea', 'boats', 'honey'}:\n"
+        "        raise ValueError('cannot parse')\n"
+        "    return 1.0\n"
+    )
+    reward = {"function": f"{tmp_path / 'rules.py'}:half"}
+    cfg = make_config(tmp_path / "a", prompts_file, reward=reward)
+    with pytest.raises(DataError, match=r"the reward failed for \d+ of \d+ .*above score.max_invalid_fraction \(0.1\)"
+                                        r".*Most common reason .*ValueError.*\(e.g. prompt p\d+ response \d\)"):
+        run_round(cfg, tiny_policy, upto="score")
+    cfg = make_config(tmp_path / "b", prompts_file, reward=reward, score={"max_invalid_fraction": 0.9})
+    store, refs, _ = run_round(cfg, tiny_policy, upto="score")
+    assert 0 < store.manifest(refs["score"])["summary"]["invalid"] < 36
