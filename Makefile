@@ -16,7 +16,7 @@ TIERS := -m "not slow and not vllm and not deepspeed and not gpu"
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: the local CPU wheel; anything looser pulls GBs of CUDA wheels (ENV-NOTES.md)
+	# torch first, pinned: the local CPU wheel; anything looser pulls GBs of CUDA wheels (constraints.txt)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,engines]'
 	touch $(STAMP)

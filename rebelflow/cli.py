@@ -65,13 +65,21 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
         raise typer.Exit(1) from None
     table = Table(title=f"campaign {cfg.campaign} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("round", "stage", "artifact", "status", "seconds"):
-        table.add_column(col)
+        _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
     for r in result["records"]:
         table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
     console.print(table)
     if result["summary"]:
         _print_rounds(result["summary"], cfg.store.root)
     console.print("Browse the runs in the Prefect UI: rebelflow server  (then open the printed address)")
+
+
+def _add_column(table: Table, name: str, ids: list[str] | None = None) -> None:
+    """A table column; artifact ids are never cut (a cut id would not work in `rebelflow show`)."""
+    if ids is None:
+        table.add_column(name)
+    else:
+        table.add_column(name, no_wrap=True, min_width=max((len(i) for i in ids), default=len(name)))
 
 
 def _print_rounds(summary: dict, store_root: str) -> None:
@@ -109,7 +117,7 @@ def plan(
         return
     table = Table(title=f"plan for {cfg.campaign} (store {cfg.store.root})")
     for col in ("round", "stage", "fingerprint", "status"):
-        table.add_column(col)
+        _add_column(table, col, [r["fingerprint"] for r in rows] if col == "fingerprint" else None)
     for r in rows:
         color = "green" if r["status"] == "cached" else "yellow"
         table.add_row(str(r["round"]), r["stage"], r["fingerprint"], f"[{color}]{r['status']}[/]")
@@ -320,7 +328,7 @@ def _run_rm(config: str, overrides: list[str], store: str | None, mode: str) -> 
         raise typer.Exit(1) from None
     table = Table(title=f"reward model {cfg.name} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("stage", "artifact", "status", "seconds"):
-        table.add_column(col)
+        _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
     for r in result["records"]:
         table.add_row(r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
     console.print(table)

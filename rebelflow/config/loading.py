@@ -146,11 +146,11 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 node[field] = str(base / src)
     if isinstance(evaluation.get("weights"), str) and evaluation["weights"].endswith((".yaml", ".yml")):
         evaluation["weights"] = str(base / evaluation["weights"])
-    for reward in (raw.get("reward"), evaluation.get("reward")):
-        if isinstance(reward, dict) and isinstance(reward.get("function"), str):
-            module, sep, fn = reward["function"].rpartition(":")
+    for node in (raw.get("reward"), evaluation.get("reward"), _at(raw, "dialogue", "user")):  # file.py:function
+        if isinstance(node, dict) and isinstance(node.get("function"), str):
+            module, sep, fn = node["function"].rpartition(":")
             if module.endswith(".py") and not Path(module).is_absolute():
-                reward["function"] = f"{base / module}{sep}{fn}"
+                node["function"] = f"{base / module}{sep}{fn}"
     for node, key in ((raw.get("policy"), "model"), (raw.get("reward"), "model"), (evaluation.get("reward"), "model"),
                       (raw, "model")):
         if isinstance(node, dict) and isinstance(node.get(key), str):

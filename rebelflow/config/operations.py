@@ -1,5 +1,5 @@
 """Configuration of the operations around a campaign: experiment tracking (wandb) and artifacts on the
-Hub. Re-exported by config.py, where RunConfig uses them."""
+Hub. Re-exported by config.campaign, where RunConfig uses them."""
 
 from __future__ import annotations
 
@@ -13,11 +13,17 @@ from rebelflow.config.base import Section
 class WandbConfig(Section):
     """Weights & Biases tracking (rebelflow/ml/tracking.py); the key comes from WANDB_API_KEY, never the config."""
 
-    project: str = Field(..., description="the wandb project")
+    project: str | None = Field(None, description="the wandb project (required unless mode is disabled)")
     entity: str | None = Field(None, description="team or user (default: the API key's)")
     mode: Literal["online", "offline", "disabled"] = Field("offline", description="offline: sync later")
     dir: str | None = Field(None, description="where runs are written (default: <store>/wandb)")
     tags: list[str] = []
+
+    @model_validator(mode="after")
+    def _project(self) -> WandbConfig:
+        if self.project is None and self.mode != "disabled":
+            raise ValueError(f"mode {self.mode} logs runs to a wandb project: set tracking.wandb.project.")
+        return self
 
 
 class TrackingConfig(Section):

@@ -1,5 +1,5 @@
 """Reward-model configuration: what `rebelflow rm-train` and `rebelflow rm-eval` read (a YAML file of its
-own, loaded by config.loading.load_config(..., root=RMConfig)). Defaults follow REFERENCE.md (Reward models):
+own, loaded by config.loading.load_config(..., root=RMConfig)). Defaults follow the RLHF-Reward-Modeling recipe:
 lr 2e-6, 512 pairs per update, cosine schedule with 3 % warmup, one epoch, max_length 4096.
 """
 

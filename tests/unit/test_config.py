@@ -239,3 +239,26 @@ def test_preflight_finds_wrong_models_and_infeasible_slices_before_any_work(tmp_
     with pytest.raises(DataError, match=r"longer than prepare.max_prompt_tokens \(4;"):
         preflight(make_config(tmp_path, prompts_file, policy={"model": tiny_policy}, prepare={"max_prompt_tokens": 4}))
     preflight(make_config(tmp_path, prompts_file, policy={"model": tiny_policy}))
+
+
+def test_small_config_conveniences(tmp_path, prompts_file, monkeypatch):
+    """wandb switched off by --set on a config without a tracking section; a scripted user's file.py is read
+    from the config's folder, like a rule reward's; plan's ids are printed whole at 80 columns."""
+    folder = tmp_path / "cfgs"
+    folder.mkdir()
+    (folder / "u.py").write_text("def ask(messages):\n    return 'more?'\n")
+    (folder / "c.yaml").write_text(
+        f"campaign: c\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "dialogue: {turns: 2, user: {kind: scripted, function: u.py:ask}}\nstop_after: prepare\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(folder / "c.yaml", ["tracking.wandb.mode=disabled"])
+    assert cfg.tracking.wandb.mode == "disabled"
+    with pytest.raises(ConfigError, match="set tracking.wandb.project"):
+        load_config(folder / "c.yaml", ["tracking.wandb.mode=offline"])
+    assert cfg.dialogue.user.function == f"{folder / 'u.py'}:ask"
+    result = CliRunner().invoke(app, ["plan", str(folder / "c.yaml"), "--store", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    for job in campaign_jobs(cfg):
+        assert job.ref.id in result.output
