@@ -6,7 +6,9 @@ inside a stage (e.g. a reward that fails on every response) exits with 1 and one
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rebelflow.config.errors import ConfigError, RebelflowError
+from rebelflow.config.errors import REPORTED, ConfigError, RebelflowError
 
 app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -57,12 +59,11 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
     from rebelflow.flows.campaign import campaign_flow
 
     started = time.time()
-    try:
-        result = campaign_flow(cfg)
-    except RebelflowError as exc:
-        err.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", markup=True, highlight=False)
-        err.print(f"Finished stages are kept in {cfg.store.root}; fix the problem and run the same command again.")
-        raise typer.Exit(1) from None
+    with one_message_per_failure():
+        try:
+            result = campaign_flow(cfg)
+        except REPORTED as exc:
+            _report(exc, cfg.store.root)
     table = Table(title=f"campaign {cfg.campaign} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("round", "stage", "artifact", "status", "seconds"):
         _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
@@ -72,6 +73,41 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
     if result["summary"]:
         _print_rounds(result["summary"], cfg.store.root)
     console.print("Browse the runs in the Prefect UI: rebelflow server  (then open the printed address)")
+
+
+def _report(exc: BaseException, store_root) -> None:
+    """The one message of a failed run (its traceback, if any, is in the stage's log), then exit 1."""
+    err.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", markup=True, highlight=False)
+    err.print(f"Finished stages are kept in {store_root}; fix the problem and run the same command again.")
+    raise typer.Exit(1) from None
+
+
+class _Reported(logging.Filter):
+    """Keeps off the console what the CLI reports itself: the records (with tracebacks) that each task and
+    flow a failure passes through logs about it. The Prefect API (the UI) still gets them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, REPORTED):
+            return False
+        text = record.getMessage()
+        return not (record.levelno >= logging.INFO and "Failed(" in text and any(
+            name in text for name in ("ConfigError", "DataError", "StageFailed", "TransientError")))
+
+
+@contextlib.contextmanager
+def one_message_per_failure():
+    """While a flow runs from the CLI: no traceback or repeated message on the console for a failure the
+    CLI reports (config, data, stage errors); every other record passes."""
+    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    quiet = _Reported()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _add_column(table: Table, name: str, ids: list[str] | None = None) -> None:
@@ -320,12 +356,11 @@ def _run_rm(config: str, overrides: list[str], store: str | None, mode: str) -> 
     from rebelflow.flows.reward_model import reward_model_flow
 
     started = time.time()
-    try:
-        result = reward_model_flow(cfg, mode)
-    except RebelflowError as exc:
-        err.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", markup=True, highlight=False)
-        err.print(f"Finished stages are kept in {cfg.store.root}; fix the problem and run the same command again.")
-        raise typer.Exit(1) from None
+    with one_message_per_failure():
+        try:
+            result = reward_model_flow(cfg, mode)
+        except REPORTED as exc:
+            _report(exc, cfg.store.root)
     table = Table(title=f"reward model {cfg.name} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("stage", "artifact", "status", "seconds"):
         _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)

@@ -16,10 +16,20 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
-from rebelflow.config.errors import ConfigError, DataError
+from rebelflow.config.errors import (
+    REPORTED,
+    ConfigError,
+    DataError,
+    RebelflowError,
+    StageFailed,
+    TransientError,
+    is_transient,
+)
 from rebelflow.planning.jobs import StageJob
 from rebelflow.planning.preflight import interpreter
 from rebelflow.running.stage_cli import ERROR_PREFIX, run_job
@@ -28,14 +38,34 @@ from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
 
 
-class StageProcessError(RuntimeError):
-    """A stage subprocess exited with an error that is not a user error (may be transient)."""
-
-
 def launch(job: StageJob, store: Store, emit: Callable[[str], None] = print) -> ArtifactRef:
-    if job.launcher.kind == "inprocess":
-        return run_job(job, store)
-    return _subprocess(job, store, emit)
+    """Run the job in this process or a subprocess. A failure comes back classified the same way for every
+    launcher (config.errors): ConfigError/DataError, TransientError (retried), StageFailed (a bug or out of
+    memory, not retried); each names the step and round, the last two the log with the full traceback."""
+    where = f"{job.name} round {job.round}"
+    try:
+        if job.launcher.kind != "inprocess":
+            return _subprocess(job, store, emit)
+        try:
+            return run_job(job, store)
+        except REPORTED:
+            raise
+        except Exception as exc:  # a stage's own exception, in this process: its traceback to the stage's log
+            log_path = _log_exception(store, job)
+            kind = TransientError if is_transient(exc) else StageFailed
+            raise kind(f"{type(exc).__name__}: {exc}. Full traceback: {log_path}") from exc
+    except RebelflowError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    except (TransientError, StageFailed) as exc:
+        raise type(exc)(f"{where} failed: {exc}") from exc.__cause__
+
+
+def _log_exception(store: Store, job: StageJob) -> Path:
+    path = store.root / "logs" / f"{job.ref.id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as log:
+        log.write(f"\n===== in-process attempt failed {time.strftime('%Y-%m-%d %H:%M:%S')}\n{traceback.format_exc()}")
+    return path
 
 
 def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> ArtifactRef:
@@ -67,14 +97,26 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
         log.write(f"===== exit code {proc.returncode}\n")
     if proc.returncode == 0:
         return job.ref
-    user_error = next((line for line in reversed(tail) if line.startswith(ERROR_PREFIX)), None)
-    if user_error:
-        kind, _, message = user_error.removeprefix(ERROR_PREFIX).strip().partition(": ")
-        raise (ConfigError if kind == "ConfigError" else DataError)(message)
-    raise StageProcessError(
-        f"stage {job.stage} exited with code {proc.returncode}; last lines:\n" + "\n".join(list(tail)[-15:])
-        + f"\nfull log: {log_path}"
-    )
+    raise _failure(proc.returncode, tail, log_path)
+
+
+def _failure(returncode: int, tail: deque, log_path: Path) -> Exception:
+    """The error a failed stage process reported on its last `rebelflow-error:` line, as the same class
+    (running.stage_cli classifies it); a process that died without one (a signal, a crash) failed."""
+    reported = next((line for line in reversed(tail) if line.startswith(ERROR_PREFIX)), None)
+    if reported:
+        kind, _, message = reported.removeprefix(ERROR_PREFIX).strip().partition(": ")
+        classes = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}
+        if kind in classes:
+            return classes[kind](message if kind in ("ConfigError", "DataError") else f"{message}. Full log: {log_path}")
+        return StageFailed(f"{message}. Full traceback: {log_path}")
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (SIGKILL: often the machine's out-of-memory killer; lower the batch sizes)" if name == "SIGKILL" else ""
+        return StageFailed(f"the stage process was killed by {name}{hint}. Full log: {log_path}")
+    last = [line for line in tail if line.strip()][-3:]
+    return StageFailed(f"the stage process exited with code {returncode}; last lines: {' | '.join(last)}. "
+                       f"Full log: {log_path}")
 
 
 def _entry(job: StageJob, python: str) -> list[str]:

@@ -15,8 +15,9 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
 
-from rebelflow.config.errors import DataError, RebelflowError
+from rebelflow.config.errors import DataError, RebelflowError, is_transient
 from rebelflow.planning.jobs import StageJob
 from rebelflow.stages import stage_module
 from rebelflow.store.local import Store
@@ -62,6 +63,11 @@ def main(name: str, argv: list[str] | None = None) -> int:
     except RebelflowError as exc:
         print(f"{ERROR_PREFIX} {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
+    except Exception as exc:  # classified here, once, so a subprocess fails as the same error in process would
+        traceback.print_exc()  # the full traceback goes to the stage's log
+        kind = "TransientError" if is_transient(exc) else "StageFailed"
+        print(f"{ERROR_PREFIX} {kind}: {type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        return 4
     print(f"{job.name} round {job.round}: {store.path(ref)}")
     return 0
 

@@ -110,10 +110,12 @@ def check_invalid(failures: list[tuple[str, str]], total: int, limit: float, key
     reasons = Counter(reason for _, reason in failures)
     common, count = reasons.most_common(1)[0]
     example = next(item for item, reason in failures if reason == common)
+    how_many = (f"all {total}" if len(failures) == total else
+                f"{len(failures)} of {total} ({len(failures) / total:.0%}), above {key} ({limit})")
     raise DataError(
-        f"{what} failed for {len(failures)} of {total} ({len(failures) / total:.0%}), above {key} ({limit}). "
-        f"Most common reason ({count}×): {common} (e.g. {example}). {fix} Finished shards are kept under the "
-        f"store's .partial folder; raise {key} only if such failures are expected."
+        f"{what} failed for {how_many}. Most common reason ({count}×): {common} (e.g. {example}). {fix} "
+        f"Finished shards are kept under the store's .partial folder; raise {key} only if such failures are "
+        "expected."
     )
 
 

@@ -1,7 +1,8 @@
 """Thin Prefect tasks around stages. The cache key is the stage fingerprint (plus the store). Callers run
 the task with `refresh_cache` when the store lacks a complete, verified artifact (see `task_for`), so a
-deleted or corrupt artifact is made again instead of being "cached". Retries happen for transient errors only (network, interrupted subprocess), never for config or data
-errors. The persisted result is the small ArtifactRef."""
+deleted or corrupt artifact is made again instead of being "cached". Retries, with backoff, happen for
+transient errors only (config.errors.is_transient: the network, HTTP 429/5xx, a lost worker), never for config
+or data errors or bugs, whichever launcher ran the stage. The persisted result is the small ArtifactRef."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from prefect.cache_policies import CachePolicy
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
-from rebelflow.config.errors import RebelflowError
+from rebelflow.config.errors import is_transient
 from rebelflow.planning.jobs import StageJob
-from rebelflow.running.launch import StageProcessError, launch
+from rebelflow.running.launch import launch
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
 
@@ -29,23 +30,11 @@ class StageCache(CachePolicy):
         return f"{store_hash}-{inputs['job'].ref.id}"
 
 
-def _transient_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [ConnectionError, TimeoutError, StageProcessError]
-    try:  # network errors of the HTTP clients that transformers, datasets and huggingface_hub use
-        import httpx
-        import requests
-
-        types += [httpx.TransportError, requests.exceptions.ConnectionError, requests.exceptions.Timeout]
-    except ImportError:
-        pass
-    return tuple(types)
-
-
 def transient_only(task, task_run, state) -> bool:
-    """Retry network errors, time-outs and crashed stage subprocesses; never config, data or code errors
-    (retrying those only repeats the failure)."""
+    """Retry what may pass on its own (config.errors.is_transient: the network, 5xx, a lost worker); never
+    config, data or code errors, whichever launcher ran the stage (retrying those only repeats the failure)."""
     exc = state.data if isinstance(state.data, BaseException) else None
-    return isinstance(exc, _transient_types()) and not isinstance(exc, RebelflowError)
+    return exc is not None and is_transient(exc)
 
 
 @task(
@@ -55,7 +44,7 @@ def transient_only(task, task_run, state) -> bool:
     persist_result=True,
     result_serializer="json",
     retries=2,
-    retry_delay_seconds=10,
+    retry_delay_seconds=[10, 60],  # backoff
     retry_condition_fn=transient_only,
 )
 def stage_task(job: StageJob, store_root: str) -> ArtifactRef:

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,10 +176,14 @@ def test_cli_reports_a_failing_stage_in_one_message(tmp_path, prompts_file):
                         "reward: {backend: rule, function: rules.py:broken}\n"
                         "generate: {n: 2, max_new_tokens: 4}\nprepare: {validation_pairs: 1}\nstop_after: prepare\n"
                         "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n")
-    result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", str(tmp_path / "s")])
-    assert result.exit_code == 1
-    assert "DataError: the reward failed for 24 of 24 (100%)" in result.output
-    assert "run the same command again" in result.output
+    # a real console (Prefect's handlers write to the process's stderr, which CliRunner does not capture)
+    done = subprocess.run([sys.executable, "-m", "rebelflow.cli", "run", str(cfg_file), "--store", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "DataError: score round 1: the reward failed for all 24." in output
+    assert "run the same command again" in output
+    assert "Traceback" not in output and output.count("bad rule") == 1  # one message, no traceback
 
 
 def test_a_multi_turn_campaign_end_to_end(tmp_path):
