@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import ClassVar
 
 import pyarrow as pa
 
@@ -35,7 +34,7 @@ SCHEMA = (
 
 
 class Settings(ScoreSettings):
-    UNHASHED: ClassVar[dict] = {"launcher": True, "reward": {"model": True}}
+    """The score stage's settings (and what stays out of the fingerprint)."""
 
 
 def prefixes(messages: list[dict], first_turn: int = 0) -> list[tuple[list[dict], str]]:

@@ -96,7 +96,7 @@ def test_the_zero3_model_loads_in_vllm(prepared, tmp_path):
     script = tmp_path / "load.py"
     script.write_text(
         "import sys\n"
-        "from rebelflow.config import VLLMConfig\n"
+        "from rebelflow.config.campaign import VLLMConfig\n"
         "from rebelflow.engines import SamplingParams\n"
         "from rebelflow.engines.vllm import VLLMEngine\n"
         "if __name__ == '__main__':\n"

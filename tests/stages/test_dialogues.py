@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from rebelflow.config.campaign import UserConfig
+from rebelflow.config.errors import TransientError
 from rebelflow.engines import Completion
 from rebelflow.ml.chat import turn_positions
 from rebelflow.stages import generate_dialogues, prepare_dialogues, score_dialogues
@@ -237,7 +238,7 @@ def test_dialogue_generation_resumes_by_shard(tmp_path, prompts_file, tiny_polic
         return real(s, rows, engine, user)
 
     monkeypatch.setattr(generate_dialogues, "rollout", flaky)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(TransientError, match="ConnectionError"):
         launch(jobs[1], store)
     calls.clear()
     launch(jobs[1], store)

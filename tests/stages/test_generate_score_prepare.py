@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rebelflow.config.errors import DataError
+from rebelflow.config.errors import DataError, TransientError
 from rebelflow.config.loading import load_config
 from rebelflow.planning.campaign import Baseline, campaign_jobs, round_plan
 from rebelflow.running import stage_cli
@@ -53,7 +53,7 @@ def test_generate_resumes_after_the_last_finished_shard(tmp_path, prompts_file, 
             return self.engine.generate(prompts, params)
 
     monkeypatch.setattr(generate, "load_engine", lambda *a, **kw: Flaky(real(*a, **kw)))
-    with pytest.raises(ConnectionError):
+    with pytest.raises(TransientError, match="ConnectionError"):
         launch(jobs[1], store)
     assert sorted(p.name for p in (tmp_path / "store/.partial" / jobs[1].ref.id / "data").iterdir()) == [
         "train-00000.parquet", "train-00001.parquet"]

@@ -262,3 +262,16 @@ def test_small_config_conveniences(tmp_path, prompts_file, monkeypatch):
     assert result.exit_code == 0, result.output
     for job in campaign_jobs(cfg):
         assert job.ref.id in result.output
+
+
+@pytest.mark.parametrize("preset", ["demo-rebel.yaml", "demo-refuel.yaml"])
+def test_every_stage_computes_the_id_the_plan_gives_it(preset):
+    """A stage recomputes its artifact id from the settings the launcher hands it: it must be the plan's
+    (a Settings class that hashed other fields than the planner's would fail every run at that stage)."""
+    from rebelflow.stages import stage_module
+    from rebelflow.store.refs import artifact_ref
+
+    for job in campaign_jobs(load_config(REPO / "configs" / preset)):
+        module = stage_module(job.stage)
+        settings = module.Settings.model_validate(job.settings)
+        assert artifact_ref(module.NAME, module.VERSION, module.KIND, settings, job.inputs) == job.ref, job.name
