@@ -41,7 +41,7 @@ def machine() -> list[tuple[str, str, str]]:
 
 def vllm_env(name: str = "vllm") -> tuple[str, str, str]:
     from rebelflow.config.campaign import LauncherConfig
-    from rebelflow.planning.preflight import interpreter
+    from rebelflow.planning.environments import interpreter
 
     try:
         python = interpreter(LauncherConfig(kind="subprocess", env=name))
@@ -77,7 +77,7 @@ def stages(cfg: RunConfig) -> list[tuple[str, str, str]]:
 
 
 def _where(launcher) -> str:
-    from rebelflow.planning.preflight import interpreter
+    from rebelflow.planning.environments import interpreter
 
     try:
         python = interpreter(launcher)

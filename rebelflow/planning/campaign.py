@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from rebelflow.config.campaign import RunConfig
 from rebelflow.ml.tracking import run_info
+from rebelflow.planning.environments import hardware_key
 from rebelflow.planning.jobs import StageJob, make_job
 from rebelflow.rewards import reward_identity
 from rebelflow.stages import (
@@ -189,12 +190,10 @@ def turns_column(cfg: RunConfig) -> str | None:
 
 
 def _logprobs_settings(cfg: RunConfig) -> logprobs.Settings:
-    from rebelflow.ml.models import hardware_fingerprint
-
     lp = cfg.logprobs
     return logprobs.Settings(
         **lp.model_dump(), temperature=cfg.generate.temperature,
-        hardware=hardware_fingerprint(lp.dtype, lp.attn_implementation),
+        hardware=hardware_key(lp.launcher, lp.dtype, lp.attn_implementation),
     )
 
 

@@ -7,14 +7,13 @@ DataError naming the setting and the fix.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import sys
 from pathlib import Path
 
-from rebelflow.config.campaign import LauncherConfig, RunConfig
+from rebelflow.config.campaign import RunConfig
 from rebelflow.config.errors import ConfigError, DataError
 from rebelflow.planning.campaign import turns_column
+from rebelflow.planning.environments import interpreter
 from rebelflow.stages import prompts
 
 
@@ -140,29 +139,6 @@ def check_engines(cfg: RunConfig) -> None:
             f"[policy.tiny] head size {tiny.hidden_size // tiny.heads} (hidden_size / heads): vLLM's CPU attention "
             "needs 32 or more. Lower policy.tiny.heads or raise hidden_size."
         )
-
-
-def interpreter(launcher: LauncherConfig) -> str:
-    """The Python that runs a stage: launcher.python, the named environment .venv-<env> (looked for in the
-    working directory, then beside the rebelflow checkout; $REBELFLOW_ENV_<ENV> overrides), or this one."""
-    if launcher.python:
-        return launcher.python
-    if not launcher.env:
-        return sys.executable
-    override = os.environ.get(f"REBELFLOW_ENV_{launcher.env.upper()}")
-    if override:
-        candidates = [Path(override)]
-    else:
-        checkout = Path(__file__).resolve().parents[2]
-        candidates = [base / f".venv-{launcher.env}" / "bin" / "python" for base in (Path.cwd(), checkout)]
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    raise ConfigError(
-        f"[launcher.env] the environment {launcher.env!r} was not found (looked for "
-        f"{', '.join(str(c) for c in candidates)}). Build it (`make {launcher.env}-env` in the rebelflow "
-        f"checkout) or point REBELFLOW_ENV_{launcher.env.upper()} at its python."
-    )
 
 
 def launcher_problems(launchers) -> list[str]:

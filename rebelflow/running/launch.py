@@ -30,8 +30,8 @@ from rebelflow.config.errors import (
     TransientError,
     is_transient,
 )
+from rebelflow.planning.environments import interpreter
 from rebelflow.planning.jobs import StageJob
-from rebelflow.planning.preflight import interpreter
 from rebelflow.running.stage_cli import ERROR_PREFIX, run_job
 from rebelflow.stages import LAUNCHER_ENV
 from rebelflow.store.local import Store

@@ -6,7 +6,9 @@ Consumes a prepare artifact and the policy; produces the same rows (train and va
 longest sequence of each batch. Under `accelerate launch` (logprobs.launcher) the batches are shared out
 over the ranks (ZeRO-3 partitions the weights when the launch config asks for DeepSpeed) and gathered
 back in row order on the main process, which writes the artifact. The fingerprint includes the hardware
-fingerprint (torch, device, dtype, attention kernel): another machine recomputes instead of reusing.
+fingerprint (torch, device, dtype, attention kernel) of the interpreter that runs the stage (the planner asks
+it: planning.environments.hardware_key), so another machine recomputes instead of reusing; the stage
+checks it runs where it was keyed and records where it ran ("ran on").
 
 Run alone: python -m rebelflow.stages.logprobs configs/demo-rebel.yaml --round 1
 """
@@ -20,14 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from rebelflow.config.campaign import LogprobsConfig
+from rebelflow.config.errors import ConfigError
 from rebelflow.ml.batching import batch_logps, pad_id_of
 from rebelflow.ml.distributed import finish_distributed, make_accelerator, zero_stage
-from rebelflow.ml.models import load_causal_lm
+from rebelflow.ml.models import hardware_fingerprint, load_causal_lm
 from rebelflow.stages.prepare import SCHEMA as PREPARE_SCHEMA
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "logprobs", 1, "dataset"
+NAME, VERSION, KIND = "logprobs", 2, "dataset"  # 2: records the hardware it ran on
 SCHEMA = PREPARE_SCHEMA.append(pa.field("chosen_logp_old", pa.float64())).append(
     pa.field("rejected_logp_old", pa.float64())
 )
@@ -76,6 +79,13 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
     ref = artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
+    ran_on = hardware_fingerprint(settings.dtype, settings.attn_implementation)
+    if ran_on != settings.hardware:
+        raise ConfigError(
+            f"logprobs was planned for {settings.hardware} but runs on {ran_on}: π_old would be filed under "
+            "another machine's key and reused there. Plan and run on the machine and environment that compute "
+            "logprobs (rebelflow run there, or a worker there), or set logprobs.launcher to this interpreter."
+        )
     path = store.model_path(policy)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
     model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
@@ -93,7 +103,7 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
         results[split] = (rows, {i: v for part in gathered for i, v in part.items()})
     if accelerator.is_main_process:
         with store.writer(ref, VERSION, hashed_settings(settings), [pairs, policy]) as w:
-            summary = {"hardware": settings.hardware, "processes": accelerator.num_processes}
+            summary = {"hardware": settings.hardware, "ran on": ran_on, "processes": accelerator.num_processes}
             for split, (rows, values) in results.items():
                 for i, row in enumerate(rows):  # back in row order
                     row["chosen_logp_old"], row["rejected_logp_old"] = values[i]

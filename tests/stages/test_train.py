@@ -149,3 +149,27 @@ def test_sft_masks_assistant_tokens_and_lowers_the_loss(tmp_path, tiny_policy):
     ref = sft.run(settings, external_model(tiny_policy), store=store)
     summary = store.manifest(ref)["summary"]
     assert summary["updates"] == 24 and summary["last loss"] < 0.5 * summary["first loss"]
+
+
+def test_the_logprobs_key_is_the_hardware_that_computes_them(tmp_path, prompts_file, tiny_policy):
+    """The planner asks the logprobs launcher's interpreter for its hardware; the stage refuses to run where
+    it was not keyed (its π_old would be filed under another machine's key) and records where it ran."""
+    from rebelflow.config.campaign import LauncherConfig
+    from rebelflow.config.errors import ConfigError
+    from rebelflow.ml.models import hardware_fingerprint
+    from rebelflow.planning.environments import hardware_key
+    from rebelflow.stages import logprobs
+
+    other = tmp_path / "other-python"
+    other.write_text("#!/bin/sh\necho 'torch=9.9;device=NVIDIA H200;dtype=bfloat16;attn=sdpa'\n")
+    other.chmod(0o755)
+    assert hardware_key(LauncherConfig(kind="subprocess", python=str(other)), "bfloat16", "sdpa") == \
+        "torch=9.9;device=NVIDIA H200;dtype=bfloat16;attn=sdpa"
+    assert hardware_key(LauncherConfig(), "float32", "sdpa") == hardware_fingerprint("float32", "sdpa")
+    cfg = make_config(tmp_path, prompts_file)
+    store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
+    assert store.manifest(refs["logprobs"])["summary"]["ran on"] == hardware_fingerprint("float32", "sdpa")
+    elsewhere = logprobs.Settings(**{**store.manifest(refs["logprobs"])["settings"],
+                                     "hardware": "torch=9.9;device=NVIDIA H200;dtype=float32;attn=sdpa"})
+    with pytest.raises(ConfigError, match=r"planned for torch=9.9;device=NVIDIA H200.* but runs on torch="):
+        logprobs.run(elsewhere, refs["prepare"], policy, store=store)
