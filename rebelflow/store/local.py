@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ from rebelflow.store.refs import ArtifactRef, canonical_json, sha256_file
 log = logging.getLogger("rebelflow.store")
 
 MANIFEST = "manifest.json"
+SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})\.parquet$")  # while the stage writes
+FINAL_SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-\d{5}\.parquet$")  # once finished
 FORMAT_VERSION = 2  # 2: the manifest carries its own digest (format-1 manifests are upgraded once verified)
 _VERIFIED: dict[str, tuple] = {}
 
@@ -266,8 +269,19 @@ class ArtifactWriter:
         self.store, self.ref, self.version, self.settings, self.inputs = store, ref, version, settings, inputs
         self.tmp = store.root / ".partial" / ref.id
         (self.tmp / "data").mkdir(parents=True, exist_ok=True)
+        self._recover()
         self.started = time.time()
         self.finished = False
+
+    def _recover(self) -> None:
+        """Undo what a killed attempt's finish() left half done: shards renamed to their final names go back
+        to the names the stage resumes by; half-written temporary files go."""
+        for p in (self.tmp / "data").iterdir():
+            final = FINAL_SHARD.match(p.name)
+            if final:
+                os.replace(p, p.with_name(f"{final['split']}-{final['index']}.parquet"))
+            elif p.name.startswith("."):
+                p.unlink()
 
     def shard_path(self, split: str, index: int) -> Path:
         return self.tmp / "data" / f"{split}-{index:05d}.parquet"
@@ -338,7 +352,10 @@ class ArtifactWriter:
         """Rename shards to the Hub convention `data/<split>-00000-of-00003.parquet` and count rows."""
         by_split: dict[str, list[Path]] = {}
         for p in sorted((self.tmp / "data").glob("*.parquet")):
-            by_split.setdefault(p.name.rsplit("-", 1)[0], []).append(p)
+            shard = SHARD.match(p.name)
+            if shard is None:
+                raise RuntimeError(f"{p} is not a shard this writer wrote (a bug)")
+            by_split.setdefault(shard["split"], []).append(p)
         splits = {}
         for split, paths in by_split.items():
             names, rows = [], 0

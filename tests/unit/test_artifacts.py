@@ -190,3 +190,24 @@ def test_a_format_one_manifest_is_verified_then_protected(tmp_path):
     assert upgraded["digest"] == local.manifest_digest(upgraded)
     edit_manifest(store, ref, lambda m: m.update(rows=1))
     assert "edited" in store.verify(ref)
+
+
+def test_a_finish_killed_after_renaming_the_shards_is_undone_on_the_next_attempt(tmp_path):
+    """finish() renames shards to their final names before it writes the manifest; a kill in between must
+    not leave a second set of shards for the next attempt to publish."""
+    store = Store(tmp_path)
+    ref = ArtifactRef(id="stage-00000000000000aa", stage="stage")
+    with store.writer(ref, 1, {}, []) as w:
+        w.write_shard("train", 0, [{"x": 1, "text": "a"}], SCHEMA)
+        w.write_shard("train", 1, [{"x": 2, "text": "b"}], SCHEMA)
+        w._finalise_shards()  # a kill right here: renamed, no manifest
+        w.finished = True
+    assert not store.is_complete(ref)
+    (tmp_path / ".partial" / ref.id / "data" / ".train-00001.parquet.tmp").write_bytes(b"half")
+    with store.writer(ref, 1, {}, []) as w:
+        assert w.has_shard("train", 0) and w.has_shard("train", 1)  # resumable again
+        w.write_shard("train", 1, [{"x": 2, "text": "b"}], SCHEMA)
+        w.finish()
+    manifest = store.manifest(ref)
+    assert list(manifest["splits"]) == ["train"] and manifest["rows"] == 2
+    assert store.read_rows(ref) == [{"x": 1, "text": "a"}, {"x": 2, "text": "b"}]

@@ -1,0 +1,90 @@
+"""Kill -9 at a random point of a stage, then run it again: the artifact it finishes is byte-identical to
+an uninterrupted run's (every data and model file), and no stage process survives the kill.
+
+The launcher (a separate process, as a flow would be) is killed at a seeded random fraction of the stage's
+uninterrupted run time ($REBELFLOW_FAULT_SEED picks another set of points), so kills land at different
+points of start-up, sharding, checkpoints and saving.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.running.launch import launch
+from tests.conftest import make_config
+from tests.reliability.test_kill import LAUNCHER, stage_processes
+from tests.stages.helpers import run_round
+
+# stage under test → (the step before it, config changes that make it run in its own process, long enough)
+CASES = {
+    "generate": ("prompts", {"generate": {"launcher": {"kind": "subprocess"}, "shard_size": 2, "batch_size": 2}}),
+    "score": ("generate", {"score": {"launcher": {"kind": "subprocess"}, "shard_size": 2}}),
+    "logprobs": ("prepare", {"logprobs": {"launcher": {"kind": "subprocess"}, "batch_pairs": 1}}),
+    "train": ("logprobs", {"train": {"launcher": {"kind": "accelerate"}, "epochs": 12, "checkpoint_every": 3}}),
+    "dialogues": ("prompts", {"generate": {"launcher": {"kind": "subprocess"}, "shard_size": 2, "batch_size": 2},
+                              "dialogue": {"turns": 2, "user": {"kind": "scripted",
+                                                                "function": "rebelflow.users.examples:addition_quiz"}}}),
+}
+
+
+def data_hashes(store, ref) -> dict[str, str]:
+    """sha256 of every data and model file (the card and manifest hold the time they were made)."""
+    files = store.manifest(ref)["files"]
+    return {name: entry["sha256"] for name, entry in files.items() if name.startswith(("data/", "model/"))}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_killed_stage_finishes_byte_identical(tmp_path, prompts_file, tiny_policy, case):
+    before, changes = CASES[case]
+    cfg = make_config(tmp_path, prompts_file, **changes)
+    store, refs, policy = run_round(cfg, tiny_policy, upto=before)
+    step = "generate" if case == "dialogues" else case
+    job = getattr(round_plan(cfg.model_copy(update={"stop_after": step}),
+                             1, policy, Baseline()), step)
+    started = time.time()
+    assert launch(job, store, emit=lambda line: None) == job.ref  # uninterrupted
+    duration = time.time() - started
+    expected = data_hashes(store, job.ref)
+    shutil.rmtree(store.path(job.ref))
+
+    rng = random.Random(f"{case}:{os.environ.get('REBELFLOW_FAULT_SEED', '0')}")
+    fraction = rng.uniform(0.3, 0.9)
+    for _ in range(4):  # a kill that came after the work was done proves nothing: kill earlier
+        kill_launcher_after(job, store, tmp_path, fraction * duration)
+        if not store.is_complete(job.ref):
+            break
+        shutil.rmtree(store.path(job.ref))
+        fraction /= 2
+    assert not store.is_complete(job.ref), f"no kill landed before the {case} stage finished"
+
+    assert launch(job, store, emit=lambda line: None) == job.ref  # the next attempt finishes the work
+    got = data_hashes(store, job.ref)
+    assert got == expected, (f"{case} killed {fraction * duration:.1f} s into a {duration:.1f} s run: "
+                             f"{sorted(set(got.items()) ^ set(expected.items()))}")
+
+
+def kill_launcher_after(job, store, tmp_path, seconds: float) -> None:
+    """Launch the job from another process (as a flow would), kill -9 that process after `seconds`, and check
+    that no stage process survives it."""
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        launcher.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    killed_at = time.time()
+    while stage_processes(job.ref.id) and time.time() - killed_at < 5:
+        time.sleep(0.1)
+    assert not stage_processes(job.ref.id), f"a {job.stage} process outlived its launcher"
