@@ -23,6 +23,7 @@ def preflight(cfg: RunConfig) -> None:
     ConfigError before any stage starts (reads each source once)."""
     check_engines(cfg)
     check_models(campaign_models(cfg))
+    check_callables(cfg)
     first = prompts.Settings.from_config(cfg.prompts, 1, turns_column(cfg))
     rows = prompts.load_rows(first)
     for k in range(1, cfg.rounds + 1):
@@ -76,6 +77,18 @@ def check_models(models: dict[str, str]) -> None:
                 f"nor a Hub model id (name or org/name). Fix the path (relative paths are read from the config "
                 "file's folder), or give a Hub id."
             )
+
+
+def check_callables(cfg: RunConfig) -> None:
+    """A rule reward's and a scripted user's function can be imported (a missing file or name fails here, not
+    in the stage)."""
+    from rebelflow.config.callables import load_callable
+
+    if cfg.reward.backend == "rule":
+        load_callable(cfg.reward.function, "reward.function")
+    user = cfg.dialogue.user if cfg.dialogue is not None else None
+    if user is not None and user.kind == "scripted":
+        load_callable(user.function, "dialogue.user.function")
 
 
 def check_pairs(cfg: RunConfig, k: int, prompt_count: int) -> None:

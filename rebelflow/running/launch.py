@@ -165,11 +165,21 @@ def _cuda() -> bool:
 
 
 def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> None:
-    last = 0.0
+    """Every line to the log; a throttled subset to `emit` (the run logger), tracebacks left to the log (the
+    failure comes back as one classified error)."""
+    last, in_traceback = 0.0, False
     for line in proc.stdout:
         log.write(line)
         line = line.rstrip()
         tail.append(line)
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            emit(f"(a traceback: see {log.name})")
+        elif in_traceback and not line.startswith((" ", "\t")):
+            in_traceback = False
+            continue  # the traceback's last line, the exception itself
+        if in_traceback:
+            continue
         now = time.monotonic()
         if now - last > 0.25 or line.startswith(ERROR_PREFIX):
             emit(line)
