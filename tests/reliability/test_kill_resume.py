@@ -1,4 +1,4 @@
-"""Kill -9 at a random point of a stage, then run it again: the artifact it finishes is byte-identical to
+"""Kill -9 at a random point of a stage (generate, multi-turn generate, score, logprobs, train, sft), then run it again: the artifact it finishes is byte-identical to
 an uninterrupted run's (every data and model file), and no stage process survives the kill.
 
 The launcher (a separate process, as a flow would be) is killed at a seeded random fraction of the stage's
@@ -8,6 +8,7 @@ points of start-up, sharding, checkpoints and saving.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -18,8 +19,9 @@ import time
 
 import pytest
 
-from rebelflow.planning.campaign import Baseline, round_plan
+from rebelflow.planning.campaign import Baseline, baseline, round_plan
 from rebelflow.running.launch import launch
+from rebelflow.store.local import Store
 from tests.conftest import make_config
 from tests.reliability.test_kill import LAUNCHER, stage_processes
 from tests.stages.helpers import run_round
@@ -30,6 +32,8 @@ CASES = {
     "score": ("generate", {"score": {"launcher": {"kind": "subprocess"}, "shard_size": 2}}),
     "logprobs": ("prepare", {"logprobs": {"launcher": {"kind": "subprocess"}, "batch_pairs": 1}}),
     "train": ("logprobs", {"train": {"launcher": {"kind": "accelerate"}, "epochs": 12, "checkpoint_every": 3}}),
+    "sft": (None, {"sft": {"data": "DEMOS", "epochs": 6, "examples_per_update": 4, "micro_batch": 2,
+                           "checkpoint_every": 3, "launcher": {"kind": "accelerate"}}}),
     "dialogues": ("prompts", {"generate": {"launcher": {"kind": "subprocess"}, "shard_size": 2, "batch_size": 2},
                               "dialogue": {"turns": 2, "user": {"kind": "scripted",
                                                                 "function": "rebelflow.users.examples:addition_quiz"}}}),
@@ -45,11 +49,19 @@ def data_hashes(store, ref) -> dict[str, str]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_killed_stage_finishes_byte_identical(tmp_path, prompts_file, tiny_policy, case):
     before, changes = CASES[case]
+    if case == "sft":  # round 0: demonstrations, answered by the prompts themselves
+        demos = tmp_path / "demos.jsonl"
+        demos.write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": f"{i}!"}) + "\n" for i in range(16)))
+        changes = {"sft": {**changes["sft"], "data": str(demos)}}
     cfg = make_config(tmp_path, prompts_file, **changes)
-    store, refs, policy = run_round(cfg, tiny_policy, upto=before)
-    step = "generate" if case == "dialogues" else case
-    job = getattr(round_plan(cfg.model_copy(update={"stop_after": step}),
-                             1, policy, Baseline()), step)
+    if case == "sft":
+        store = Store(cfg.store.root)
+        job = next(j for j in baseline(cfg.model_copy(update={"policy": cfg.policy.model_copy(
+            update={"model": tiny_policy})})).jobs if j.name == "sft")
+    else:
+        store, refs, policy = run_round(cfg, tiny_policy, upto=before)
+        step = "generate" if case == "dialogues" else case
+        job = getattr(round_plan(cfg.model_copy(update={"stop_after": step}), 1, policy, Baseline()), step)
     started = time.time()
     assert launch(job, store, emit=lambda line: None) == job.ref  # uninterrupted
     duration = time.time() - started
