@@ -44,51 +44,49 @@ def watching(job_id: str) -> bool:
         return False
 
 
-def test_killing_the_launcher_at_start_up_ends_the_stage_processes(tmp_path, prompts_file, tiny_policy):
-    """Killed before the stage writes a line (no broken pipe to end it): its processes still end at once."""
-    cfg = make_config(tmp_path, prompts_file, train={"launcher": {"kind": "accelerate"}})
-    store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
-    job = next(j for j in round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline()).jobs()
-               if j.stage == "train")
+def train_launched(tmp_path, prompts_file, tiny_policy, **train):
+    """Round 1 up to logprobs in process, then its train job launched by another process (as a flow would);
+    returns (store, job, the launcher process)."""
+    cfg = make_config(tmp_path, prompts_file, train={"launcher": {"kind": "accelerate"}, **train})
+    store, _, policy = run_round(cfg, tiny_policy, upto="logprobs")
+    job = round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline()).train
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return store, job, launcher
+
+
+def kill_and_wait(launcher, job_id: str, seconds: float) -> list[psutil.Process]:
+    """Kill -9 the launcher; the stage processes still alive `seconds` later."""
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    killed_at = time.time()
+    while stage_processes(job_id) and time.time() - killed_at < seconds:
+        time.sleep(0.05)
+    return stage_processes(job_id)
+
+
+def test_killing_the_launcher_at_start_up_ends_the_stage_processes(tmp_path, prompts_file, tiny_policy):
+    """Killed before the stage writes a line (no broken pipe to end it): its processes still end at once."""
+    store, job, launcher = train_launched(tmp_path, prompts_file, tiny_policy)
     deadline = time.time() + 120
     while not watching(job.ref.id) and time.time() < deadline:  # accelerate and its worker, still starting up
         time.sleep(0.05)
     assert watching(job.ref.id) and len(stage_processes(job.ref.id)) >= 2
-    os.kill(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    killed_at = time.time()
-    while stage_processes(job.ref.id) and time.time() - killed_at < 2:
-        time.sleep(0.05)
-    assert not stage_processes(job.ref.id), "stage processes outlived their launcher"
+    assert not kill_and_wait(launcher, job.ref.id, 2), "stage processes outlived their launcher"
     assert not store.is_complete(job.ref)
 
 
 def test_killing_the_launcher_ends_the_stage_process_and_keeps_its_log(tmp_path, prompts_file, tiny_policy):
-    cfg = make_config(tmp_path, prompts_file, train={
-        "epochs": 60, "checkpoint_every": 4, "launcher": {"kind": "accelerate"}})
-    store, refs, policy = run_round(cfg, tiny_policy, upto="logprobs")
-    job = next(j for j in round_plan(cfg.model_copy(update={"stop_after": "train"}), 1, policy, Baseline()).jobs()
-               if j.stage == "train")
-    job_file = tmp_path / "job.json"
-    job_file.write_text(job.model_dump_json())
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store, job, launcher = train_launched(tmp_path, prompts_file, tiny_policy, epochs=60, checkpoint_every=4)
     log_path = store.root / "logs" / f"{job.ref.id}.log"
     deadline = time.time() + 240
     while time.time() < deadline and "checkpoint saved at update 8" not in (log_path.read_text() if log_path.exists() else ""):
         assert launcher.poll() is None, "the launcher ended before the checkpoint"
         time.sleep(0.2)
     assert stage_processes(job.ref.id), "the stage process should be running"
-    os.kill(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    killed_at = time.time()
-    while stage_processes(job.ref.id) and time.time() - killed_at < 5:
-        time.sleep(0.1)
-    survivors = stage_processes(job.ref.id)
+    survivors = kill_and_wait(launcher, job.ref.id, 5)
     assert not survivors, f"stage processes outlived their launcher: {[p.pid for p in survivors]}"
     first = log_path.read_text()
     assert "===== attempt started" in first and "checkpoint saved at update 8" in first  # written as it ran

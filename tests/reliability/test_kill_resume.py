@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from rebelflow.planning.campaign import Baseline, baseline, round_plan
 from rebelflow.running.launch import launch
 from rebelflow.store.local import Store
 from tests.conftest import make_config
-from tests.reliability.test_kill import LAUNCHER, stage_processes
+from tests.reliability.test_kill import LAUNCHER, kill_and_wait
 from tests.stages.helpers import run_round
 
 # stage under test → (the step before it, config changes that make it run in its own process, long enough)
@@ -94,9 +93,4 @@ def kill_launcher_after(job, store, tmp_path, seconds: float) -> None:
     try:
         launcher.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
-        os.kill(launcher.pid, signal.SIGKILL)
-        launcher.wait()
-    killed_at = time.time()
-    while stage_processes(job.ref.id) and time.time() - killed_at < 5:
-        time.sleep(0.1)
-    assert not stage_processes(job.ref.id), f"a {job.stage} process outlived its launcher"
+        assert not kill_and_wait(launcher, job.ref.id, 5), f"a {job.stage} process outlived its launcher"
