@@ -59,6 +59,7 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
     from rebelflow.flows.campaign import campaign_flow
 
     started = time.time()
+    start_prefect()
     with one_message_per_failure():
         try:
             result = campaign_flow(cfg)
@@ -93,6 +94,26 @@ class _Reported(logging.Filter):
         text = record.getMessage()
         return not (record.levelno >= logging.INFO and "Failed(" in text and any(
             name in text for name in ("ConfigError", "DataError", "StageFailed", "TransientError")))
+
+
+def start_prefect() -> None:
+    """Start this process's temporary Prefect server (no server configured) under a lock on PREFECT_HOME:
+    two runs starting at once would migrate its SQLite database together, and the second crashed with
+    'database is locked'. With PREFECT_API_URL set (a real server) there is nothing to start."""
+    import fcntl
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "rebelflow-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        SubprocessASGIServer().start()
 
 
 @contextlib.contextmanager
@@ -356,6 +377,7 @@ def _run_rm(config: str, overrides: list[str], store: str | None, mode: str) -> 
     from rebelflow.flows.reward_model import reward_model_flow
 
     started = time.time()
+    start_prefect()
     with one_message_per_failure():
         try:
             result = reward_model_flow(cfg, mode)

@@ -1,7 +1,6 @@
-"""Two runs of one campaign on one store at once (two machines or workers sharing the store, each with its
-own Prefect home): both finish, every artifact is made once and verifies, and no secret from the
-environment reaches the store or the output. (Two ephemeral Prefect servers starting at the same moment on
-one PREFECT_HOME race on its SQLite database: give each run its own, or run a server.)"""
+"""Two runs of one campaign on one store at once — two terminals on one machine (one PREFECT_HOME), or two
+machines sharing the store (a Prefect home each): both finish, every artifact is made once and verifies,
+and no secret from the environment reaches the store, the Prefect database or the output."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from rebelflow.store.local import Store, forget_verifications
@@ -18,7 +18,8 @@ from tests.conftest import TINY
 SECRETS = {"HF_TOKEN": "hf_secret_value_123", "WANDB_API_KEY": "wandb_secret_456", "OPENAI_API_KEY": "sk-secret-789"}
 
 
-def test_two_runs_at_once_both_finish_and_the_store_verifies(tmp_path, prompts_file):
+@pytest.mark.parametrize("homes", ["one Prefect home", "a Prefect home each"])
+def test_two_runs_at_once_both_finish_and_the_store_verifies(tmp_path, prompts_file, homes):
     cfg = {
         "campaign": "twice", "policy": {"model": "tiny", "tiny": TINY.model_dump()},
         "prompts": {"source": str(prompts_file), "id_column": "id"},
@@ -31,7 +32,8 @@ def test_two_runs_at_once_both_finish_and_the_store_verifies(tmp_path, prompts_f
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "rebelflow.cli", "run", str(tmp_path / "c.yaml"), "--store", str(tmp_path / "s")]
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                             env={**os.environ, **SECRETS, "PREFECT_HOME": str(tmp_path / f"prefect-{i}")})
+                             env={**os.environ, **SECRETS,
+                                  "PREFECT_HOME": str(tmp_path / f"prefect-{i if homes.endswith('each') else 0}")})
             for i in range(2)]
     outputs = [run.communicate(timeout=900)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], "\n=====\n".join(outputs)
