@@ -6,9 +6,7 @@ inside a stage (e.g. a reward that fails on every response) exits with 1 and one
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -23,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rebelflow.config.errors import REPORTED, ConfigError, RebelflowError
+from rebelflow.ops.console import one_message_per_failure, start_prefect
 
 app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -81,54 +80,6 @@ def _report(exc: BaseException, store_root) -> None:
     err.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", markup=True, highlight=False)
     err.print(f"Finished stages are kept in {store_root}; fix the problem and run the same command again.")
     raise typer.Exit(1) from None
-
-
-class _Reported(logging.Filter):
-    """Keeps off the console what the CLI reports itself: the records (with tracebacks) that each task and
-    flow a failure passes through logs about it. The Prefect API (the UI) still gets them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, REPORTED):
-            return False
-        text = record.getMessage()
-        return not (record.levelno >= logging.INFO and "Failed(" in text and any(
-            name in text for name in ("ConfigError", "DataError", "StageFailed", "TransientError")))
-
-
-def start_prefect() -> None:
-    """Start this process's temporary Prefect server (no server configured) under a lock on PREFECT_HOME:
-    two runs starting at once would migrate its SQLite database together, and the second crashed with
-    'database is locked'. With PREFECT_API_URL set (a real server) there is nothing to start."""
-    import fcntl
-    from pathlib import Path
-
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    home = Path(PREFECT_HOME.value())
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "rebelflow-start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        SubprocessASGIServer().start()
-
-
-@contextlib.contextmanager
-def one_message_per_failure():
-    """While a flow runs from the CLI: no traceback or repeated message on the console for a failure the
-    CLI reports (config, data, stage errors); every other record passes."""
-    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
-    quiet = _Reported()
-    for handler in handlers:
-        handler.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
 
 
 def _add_column(table: Table, name: str, ids: list[str] | None = None) -> None:
