@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the local CPU wheel; anything looser pulls GBs of CUDA wheels (constraints.txt)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,engines]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,engines,rehearse]'
 	touch $(STAMP)
 
 # vLLM pins its own torch and transformers, so it gets its own environment: vllm (CUDA) where a GPU is

@@ -30,16 +30,32 @@ err = Console(stderr=True, soft_wrap=True)
 ConfigArg = Annotated[str, typer.Argument(help="campaign YAML, e.g. configs/demo-rebel.yaml")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="override, e.g. --set generate.n=4 (repeatable)")]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="artifact store root (default: the config's)")]
+RehearseOpt = Annotated[bool, typer.Option(
+    "--rehearse", help="run the preset on this CPU first: tiny models of the same families, generated data, "
+    "small sizes, every substitution printed; its own store (<store>-rehearsal unless --store)")]
 
 
-def _load(config: str, overrides: list[str], store: str | None, check_data: bool = False):
-    """Load and validate; with check_data also read the prompts. Problems exit with code 2."""
+def _rehearsal(config: str, overrides: list[str], store: str | None, root):
+    """The rehearsal of a preset (models and data built on first use); prints each substitution."""
+    from rebelflow.rehearsal import rehearsal_of
+
+    cfg, notes = rehearsal_of(config, overrides, store, root)
+    err.print(f"[bold]rehearsal of {escape(config)}[/] — what differs from the preset:", markup=True, highlight=False)
+    for line in notes:
+        err.print(f"  {line}", markup=False, highlight=False)
+    return cfg
+
+
+def _load(config: str, overrides: list[str], store: str | None, check_data: bool = False, rehearse: bool = False):
+    """Load and validate (or make the preset's rehearsal); with check_data also read the prompts. Problems
+    exit with code 2."""
+    from rebelflow.config.campaign import RunConfig
     from rebelflow.config.loading import load_config
     from rebelflow.planning.campaign import campaign_jobs
     from rebelflow.planning.preflight import preflight
 
     try:
-        cfg = load_config(config, overrides, store)
+        cfg = _rehearsal(config, overrides, store, RunConfig) if rehearse else load_config(config, overrides, store)
         campaign_jobs(cfg)  # resolves the reward function and hashes the prompt file
         if check_data:
             preflight(cfg)
@@ -51,9 +67,9 @@ def _load(config: str, overrides: list[str], store: str | None, check_data: bool
 
 
 @app.command()
-def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None) -> None:
+def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False) -> None:
     """Run or resume a campaign: finished stages are taken from the store, the rest run."""
-    cfg = _load(config, set_, store, check_data=True)
+    cfg = _load(config, set_, store, check_data=True, rehearse=rehearse)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rebelflow.flows.campaign import campaign_flow
 
@@ -114,11 +130,12 @@ def plan(
     set_: SetOpt = [],
     store: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+    rehearse: RehearseOpt = False,
 ) -> None:
     """Validate the config and list every stage with its fingerprint and cached/pending; does no work."""
     from rebelflow.planning.campaign import plan_status
 
-    cfg = _load(config, set_, store)
+    cfg = _load(config, set_, store, rehearse=rehearse)
     rows = plan_status(cfg)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -302,18 +319,20 @@ def worker(pool: Annotated[str, typer.Option(help="the work pool `rebelflow depl
     raise typer.Exit(proc.returncode or 0)
 
 
-def _load_rm(config: str, overrides: list[str], store: str | None, train: bool | None):
+def _load_rm(config: str, overrides: list[str], store: str | None, train: bool | None, rehearse: bool = False):
     """Load a reward-model config and plan its jobs (rm-train's, rm-eval's, or with None rm-train's when the
     config has training data); problems exit with code 2 before any work."""
     from rebelflow.config.loading import load_config
     from rebelflow.config.reward_model import RMConfig
-    from rebelflow.planning.preflight import check_models, reward_model_models
+    from rebelflow.planning.preflight import check_models, check_reward_tokenizer, reward_model_models
     from rebelflow.planning.reward_model import rm_jobs
     from rebelflow.store.local import Store
 
     try:
-        cfg = load_config(config, overrides, store, root=RMConfig)
+        cfg = (_rehearsal(config, overrides, store, RMConfig) if rehearse
+               else load_config(config, overrides, store, root=RMConfig))
         check_models(reward_model_models(cfg))
+        check_reward_tokenizer(cfg.eval.reward)
         rm_jobs(cfg, train=cfg.data is not None if train is None else train, store=Store(cfg.store.root))
     except RebelflowError as exc:
         what = "config error" if isinstance(exc, ConfigError) else "input error"
@@ -322,8 +341,8 @@ def _load_rm(config: str, overrides: list[str], store: str | None, train: bool |
     return cfg
 
 
-def _run_rm(config: str, overrides: list[str], store: str | None, mode: str) -> None:
-    cfg = _load_rm(config, overrides, store, train=mode == "train")
+def _run_rm(config: str, overrides: list[str], store: str | None, mode: str, rehearse: bool) -> None:
+    cfg = _load_rm(config, overrides, store, train=mode == "train", rehearse=rehearse)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rebelflow.flows.reward_model import reward_model_flow
 
@@ -364,18 +383,18 @@ def _run_rm(config: str, overrides: list[str], store: str | None, mode: str) -> 
 
 @app.command("rm-train")
 def rm_train(config: Annotated[str, typer.Argument(help="reward-model YAML, e.g. configs/demo-rm.yaml")],
-             set_: SetOpt = [], store: StoreOpt = None) -> None:
+             set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False) -> None:
     """Train a Bradley-Terry reward model on preference pairs, then evaluate it on the held-out pairs and,
     if eval.data is set, on a RewardBench-format set. Resumes like run."""
-    _run_rm(config, set_, store, "train")
+    _run_rm(config, set_, store, "train", rehearse)
 
 
 @app.command("rm-eval")
 def rm_eval(config: Annotated[str, typer.Argument(help="reward-model YAML, e.g. configs/demo-rm.yaml")],
-            set_: SetOpt = [], store: StoreOpt = None) -> None:
+            set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False) -> None:
     """Score a reward model on eval.data the RewardBench way: eval.reward if set, else the model rm-train
     made from this config."""
-    _run_rm(config, set_, store, "eval")
+    _run_rm(config, set_, store, "eval", rehearse)
 
 
 @app.command()

@@ -17,6 +17,12 @@ from rebelflow.config.errors import ConfigError
 def load_config(path: str | Path, overrides: list[str] = (), store: str | None = None, root: type[BaseModel] = RunConfig):
     """Read a YAML preset, apply `a.b=c` overrides and validate against `root` (a campaign's RunConfig, or
     config.reward_model.RMConfig for the reward-model commands). Raises ConfigError with every problem."""
+    return validate_config(read_config(path, overrides, store, root), origin=str(path), root=root)
+
+
+def read_config(path: str | Path, overrides: list[str] = (), store: str | None = None,
+                root: type[BaseModel] = RunConfig) -> dict[str, Any]:
+    """The YAML preset as a mapping, with the overrides applied and paths resolved; not validated yet."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found. Give the path of a YAML file (see configs/).")
@@ -31,7 +37,7 @@ def load_config(path: str | Path, overrides: list[str] = (), store: str | None =
     if store is not None:
         raw.setdefault("store", {})["root"] = store
     _resolve_paths(raw, path.parent.resolve())
-    return validate_config(raw, origin=str(path), root=root)
+    return raw
 
 
 def is_reward_model_config(path: str | Path) -> bool:

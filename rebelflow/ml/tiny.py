@@ -23,8 +23,11 @@ def corpus_lines() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def build_tokenizer(vocab_size: int = 384, corpus: list[str] | None = None):
-    """A byte-level BPE tokenizer trained on the shipped corpus (deterministic), EOS = <|im_end|>."""
+def build_tokenizer(vocab_size: int = 384, corpus: list[str] | None = None, specials: list[str] = SPECIAL_TOKENS,
+                    eos: str = "<|im_end|>", pad: str | None = "<pad>", bos: str | None = None,
+                    template: str = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer trained on the shipped corpus (deterministic); by default ChatML with
+    EOS = <|im_end|> and a <pad> token (a rehearsal passes another family's special tokens and template)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -33,15 +36,13 @@ def build_tokenizer(vocab_size: int = 384, corpus: list[str] | None = None):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus or corpus_lines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>", unk_token=None, bos_token=None
-    )
-    fast.chat_template = CHATML_TEMPLATE
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, unk_token=None, bos_token=bos)
+    fast.chat_template = template
     return fast
 
 

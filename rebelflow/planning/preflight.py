@@ -23,6 +23,7 @@ def preflight(cfg: RunConfig) -> None:
     ConfigError before any stage starts (reads each source once)."""
     check_engines(cfg)
     check_models(campaign_models(cfg))
+    check_reward_tokenizer(cfg.reward)
     check_callables(cfg)
     first = prompts.Settings.from_config(cfg.prompts, 1, turns_column(cfg))
     rows = prompts.load_rows(first)
@@ -77,6 +78,17 @@ def check_models(models: dict[str, str]) -> None:
                 f"nor a Hub model id (name or org/name). Fix the path (relative paths are read from the config "
                 "file's folder), or give a Hub id."
             )
+
+
+def check_reward_tokenizer(reward) -> None:
+    """A classifier or ArmoRM reward model on this machine has a pad token that is not EOS (or
+    reward.pad_token names one): found here, not after generation."""
+    if reward is None or reward.backend not in ("classifier", "armorm") or not reward.model:
+        return
+    if (Path(reward.model).expanduser() / "config.json").is_file():
+        from rebelflow.rewards.classifier import load_tokenizer
+
+        load_tokenizer(reward)
 
 
 def check_callables(cfg: RunConfig) -> None:

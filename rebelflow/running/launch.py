@@ -90,20 +90,19 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
         except OSError as exc:
             raise ConfigError(f"[{job.stage}.launcher.python] cannot start {python!r}: {exc}") from exc
         try:
-            _pump(proc, log, tail, emit)
+            reported = _pump(proc, log, tail, emit)
         except BaseException:
             kill_tree(proc.pid)
             raise
         log.write(f"===== exit code {proc.returncode}\n")
     if proc.returncode == 0:
         return job.ref
-    raise _failure(proc.returncode, tail, log_path)
+    raise _failure(proc.returncode, tail, log_path, reported)
 
 
-def _failure(returncode: int, tail: deque, log_path: Path) -> Exception:
+def _failure(returncode: int, tail: deque, log_path: Path, reported: str | None) -> Exception:
     """The error a failed stage process reported on its last `rebelflow-error:` line, as the same class
     (running.stage_cli classifies it); a process that died without one (a signal, a crash) failed."""
-    reported = next((line for line in reversed(tail) if line.startswith(ERROR_PREFIX)), None)
     if reported:
         kind, _, message = reported.removeprefix(ERROR_PREFIX).strip().partition(": ")
         classes = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}
@@ -164,14 +163,18 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> None:
-    """Every line to the log; a throttled subset to `emit` (the run logger), tracebacks left to the log (the
-    failure comes back as one classified error)."""
-    last, in_traceback = 0.0, False
+def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> str | None:
+    """Every line to the log; a throttled subset to `emit` (the run logger), tracebacks and the error report
+    left to the log (the failure comes back as one classified error). Returns the last `rebelflow-error:`
+    report, wherever it sits (after it, a multi-process launcher may print dozens of lines of its own)."""
+    last, in_traceback, reported = 0.0, False, None
     for line in proc.stdout:
         log.write(line)
         line = line.rstrip()
         tail.append(line)
+        if ERROR_PREFIX in line:  # a progress bar may share its line
+            reported = line[line.index(ERROR_PREFIX):]
+            continue
         if line.startswith("Traceback (most recent call last)"):
             in_traceback = True
             emit(f"(a traceback: see {log.name})")
@@ -181,10 +184,11 @@ def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None])
         if in_traceback:
             continue
         now = time.monotonic()
-        if now - last > 0.25 or line.startswith(ERROR_PREFIX):
+        if now - last > 0.25:
             emit(line)
             last = now
     proc.wait()
+    return reported
 
 
 # A stage process never outlives the process that launched it. Its direct child gets SIGKILL from the kernel

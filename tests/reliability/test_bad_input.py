@@ -38,6 +38,18 @@ def prompts(tmp: Path, n=12) -> None:
     write(tmp, "".join(json.dumps({"id": f"p{i}", "prompt": f"Say something about {i}."}) + "\n" for i in range(n)))
 
 
+def no_pad_classifier(d: Path) -> None:
+    """A reward model whose tokenizer has no pad token (as Llama-3's and ArmoRM's ship)."""
+    from transformers import AutoTokenizer
+
+    from rebelflow.ml.tiny import build_classifier
+
+    path = build_classifier(d / "rm", TINY)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = None
+    tok.save_pretrained(path)
+
+
 # case → (changes to the config (None deletes a key) or a function of the folder, --set items, the message)
 BEFORE_WORK = {
     "unknown top-level key": ({"campain": "x"}, [], r"campain"),
@@ -70,6 +82,8 @@ BEFORE_WORK = {
     "reward function missing": (lambda d: write(d, "def other(m, r):\n    return 1.0\n", "rules.py"),
                                 ["reward.function=rules.py:missing"], r"missing"),
     "classifier without model": ({"reward": {"backend": "classifier"}}, [], r"reward"),
+    "reward model without a pad token": (no_pad_classifier, ["reward.backend=classifier", "reward.model={dir}/rm"],
+                                         r"\[reward.model\].*has no pad token.*Set reward.pad_token"),
     "too few prompts for an update": ({"stop_after": "train"}, ["train.pairs_per_update=12", "train.micro_batch_pairs=2"],
                                       r"round 1 has 12 prompts.*fewer than train.pairs_per_update"),
     "disjoint rounds past the data": ({"rounds": 3, "stop_after": "train", "prompts": {**BASE["prompts"], "per_round": 6,

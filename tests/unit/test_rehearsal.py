@@ -1,0 +1,193 @@
+"""A preset's rehearsal keeps what the GPUs would run — stages, engines, launchers and their accelerate
+configs, reward backend, user kind — and swaps only models (tiny ones of the same family, with the
+Llama-3 tokenizer and template), Hub data (generated rows with the preset's columns) and sizes; every
+value that differs is named in a printed substitution. The full rehearsals run in the deepspeed and vllm
+tiers (tests/engines/test_rehearsal.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rebelflow.config.campaign import RunConfig
+from rebelflow.config.errors import ConfigError
+from rebelflow.config.loading import load_config
+from rebelflow.config.reward_model import RMConfig
+from rebelflow.planning.campaign import plan_status
+from rebelflow.rehearsal import rehearsal_of
+from tests.conftest import REPO
+
+CAMPAIGN_PRESETS = ["rebel-llama3-armorm.yaml", "refuel-llama3-armorm.yaml"]
+RM_PRESETS = ["rm-llama3-bt.yaml", "rm-eval-fsfairx.yaml"]
+
+
+def test_every_gpu_preset_is_covered():
+    shipped = {p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("demo-")}
+    assert shipped == set(CAMPAIGN_PRESETS + RM_PRESETS)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("rehearsal") / "store")  # shared: the tiny models are built once
+
+
+def leaves(data, prefix=""):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), data
+
+
+def changed_keys(before: dict, after: dict) -> set[str]:
+    a, b = dict(leaves(before)), dict(leaves(after))
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def assert_every_change_noted(preset, rehearsal, notes: list[str]) -> None:
+    noted = [line.split(":")[0] for line in notes]
+    for key in changed_keys(preset.model_dump(mode="json"), rehearsal.model_dump(mode="json")):
+        parts = key.split(".")
+        covering = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        # a replaced source also sets its split; a replaced section (hub) covers its keys
+        covering |= {key.rsplit(".", 1)[0] + ".source"} if key.endswith(".split") else set()
+        assert covering & set(noted), f"{key} changed without a substitution line; lines: {noted}"
+
+
+def launchers(cfg: RunConfig) -> dict:
+    names = ("generate", "score", "prepare", "logprobs", "train", "evaluate")
+    return {n: (getattr(cfg, n).launcher.kind, getattr(cfg, n).launcher.env, getattr(cfg, n).launcher.config_file)
+            for n in names}
+
+
+def assert_llama3_folder(path: str) -> None:
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>" \
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert tok.eos_token == "<|eot_id|>" and tok.pad_token is None  # as Llama-3-8B-Instruct ships
+
+
+@pytest.mark.parametrize("name", CAMPAIGN_PRESETS)
+def test_a_campaign_rehearsal_keeps_the_presets_machinery_and_names_every_substitution(name, store):
+    preset = load_config(REPO / "configs" / name)
+    cfg, notes = rehearsal_of(REPO / "configs" / name, store=store)
+    # what the GPUs would run stays
+    assert cfg.stages() == preset.stages() and launchers(cfg) == launchers(preset)
+    assert (cfg.generate.engine, cfg.reward.backend, cfg.train.dtype) == (
+        preset.generate.engine, preset.reward.backend, preset.train.dtype)
+    assert (cfg.dialogue is None) == (preset.dialogue is None)
+    if cfg.dialogue is not None:
+        assert (cfg.dialogue.user.kind, cfg.dialogue.user.engine, cfg.dialogue.turns) == (
+            preset.dialogue.user.kind, preset.dialogue.user.engine, preset.dialogue.turns)
+        assert_llama3_folder(cfg.dialogue.user.model)
+    # models, data and sizes are swapped, and each swap is printed
+    assert_llama3_folder(cfg.policy.model)
+    assert (Path(cfg.reward.model) / "modeling_armo_standin.py").is_file()  # remote code, as ArmoRM ships
+    rows = [json.loads(line) for line in Path(cfg.prompts.source).read_text().splitlines()]
+    column = preset.prompts.prompt_column or preset.prompts.messages_column
+    assert all(column in row and preset.prompts.id_column in row for row in rows)
+    assert cfg.prompts.per_round <= 16 and cfg.train.launcher.num_processes <= 2 and cfg.rounds <= 2
+    assert cfg.campaign == f"{preset.campaign}-rehearsal" and cfg.store.root == str(Path(store).resolve())
+    assert_every_change_noted(preset, cfg, notes)
+
+
+def test_held_out_evaluation_rows_stay_held_out(store):
+    """REFUEL evaluates on rows of the training split far past the rounds' slices; the rehearsal keeps that."""
+    cfg, _ = rehearsal_of(REPO / "configs" / "refuel-llama3-armorm.yaml", store=store)
+    assert cfg.evaluate.prompts.source == cfg.prompts.source
+    assert cfg.evaluate.prompts.offset == cfg.rounds * cfg.prompts.per_round  # past every round's slice
+    rows = Path(cfg.prompts.source).read_text().splitlines()
+    assert len(rows) == cfg.evaluate.prompts.offset + cfg.evaluate.prompts.per_round
+
+
+def test_a_rehearsal_is_made_once_and_resumes_like_a_run(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the preset's own store (relative) would appear here
+    first, _ = rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", store=store)
+    again, _ = rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", store=store)
+    assert [r["fingerprint"] for r in plan_status(first)] == [r["fingerprint"] for r in plan_status(again)]
+    assert not (tmp_path / "rebelflow-store").exists()
+
+
+def test_the_default_rehearsal_store_is_the_presets_with_a_suffix(tmp_path):
+    cfg, _ = rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", [f"store.root={tmp_path / 'real-store'}"])
+    assert cfg.store.root == str(tmp_path / "real-store-rehearsal")
+    assert not (tmp_path / "real-store").exists()
+
+
+def test_a_mistake_in_the_preset_is_reported_as_the_presets(store):
+    with pytest.raises(ConfigError, match=r"(?s)rebel-llama3-armorm.yaml: 1 problem.*micro_batch_pairs \(3\)"):
+        rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", ["train.micro_batch_pairs=3"], store=store)
+
+
+@pytest.mark.parametrize("name", RM_PRESETS)
+def test_a_reward_model_rehearsal_keeps_its_launchers_and_names_every_substitution(name, store):
+    preset = load_config(REPO / "configs" / name, root=RMConfig)
+    cfg, notes = rehearsal_of(REPO / "configs" / name, store=store, root=RMConfig)
+    assert (cfg.train.launcher.kind, cfg.train.launcher.config_file) == (
+        preset.train.launcher.kind, preset.train.launcher.config_file)
+    assert cfg.eval.launcher.kind == preset.eval.launcher.kind and cfg.eval.weights == preset.eval.weights
+    if preset.data is not None:
+        assert_llama3_folder(cfg.model)
+    if preset.eval.reward is not None:
+        assert cfg.eval.reward.backend == preset.eval.reward.backend
+        assert cfg.eval.reward.pad_token == preset.eval.reward.pad_token  # it must exist in the real vocabulary
+    rows = [json.loads(line) for line in Path(cfg.eval.data.source).read_text().splitlines()]
+    from rebelflow.ml.rewardbench import load_weighting
+
+    subsets = {s for section in load_weighting(cfg.eval.weights).sections.values() for s in section}
+    assert {row["subset"] for row in rows} == subsets  # every section of the weighting gets scores
+    assert_every_change_noted(preset, cfg, notes)
+
+
+def test_without_the_tokenizer_package_a_tiny_tokenizer_keeps_llama3s_tokens_and_template(monkeypatch):
+    from rebelflow.rehearsal import models
+
+    monkeypatch.setattr(models, "has_real_llama3_tokenizer", lambda: False)
+    tok = models.llama3_tokenizer()
+    assert len(tok) < 2000 and "<|reserved_special_token_0|>" in tok.get_vocab()
+    text = tok.apply_chat_template([{"role": "user", "content": " Hi "}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>" \
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ids = tok("Hi")["input_ids"]  # like Llama-3-8B-Instruct, plain encoding adds BOS (rebelflow never asks it to)
+    assert ids[0] == tok.bos_token_id and tok("Hi", add_special_tokens=False)["input_ids"] == ids[1:]
+    assert "without" not in models.tokenizer_note(models.family_of("meta-llama/Meta-Llama-3-8B-Instruct"))
+
+
+@pytest.mark.parametrize(("source", "model_type", "tokenizer"), [
+    ("meta-llama/Meta-Llama-3-8B-Instruct", "llama", "llama3"),
+    ("sfairXC/FsfairX-LLaMA3-RM-v0.1", "llama", "llama3"),
+    ("Qwen/Qwen2.5-7B-Instruct", "qwen2", "chatml"),
+    ("mistralai/Mistral-7B-Instruct-v0.3", "mistral", "chatml"),
+    ("someone/unknown-model", "llama", "chatml"),
+])
+def test_the_family_comes_from_the_name_of_a_hub_model(source, model_type, tokenizer):
+    from rebelflow.rehearsal.models import family_of
+
+    family = family_of(source)
+    assert (family.model_type, family.tokenizer) == (model_type, tokenizer)
+
+
+def test_a_local_model_keeps_its_architecture_and_tokenizer(tmp_path, tiny_policy):
+    from transformers import AutoTokenizer
+
+    from rebelflow.rehearsal.models import causal_lm
+
+    made = causal_lm(tiny_policy, tmp_path / "standin")
+    assert json.loads((made / "config.json").read_text())["model_type"] == "llama"
+    assert AutoTokenizer.from_pretrained(made).get_vocab() == AutoTokenizer.from_pretrained(tiny_policy).get_vocab()
+
+
+def test_a_users_own_cpu_config_rehearses_too(tmp_path):
+    """The demo (a tiny policy, a rule reward, local prompts): nothing to swap but sizes and the store."""
+    preset = load_config(REPO / "configs" / "demo-rebel.yaml")
+    cfg, notes = rehearsal_of(REPO / "configs" / "demo-rebel.yaml", store=str(tmp_path / "store"))
+    assert cfg.policy.model == "tiny" and cfg.reward.backend == "rule"
+    assert cfg.prompts.source == preset.prompts.source
+    assert not any(line.startswith(("policy.model", "reward.model", "prompts.source")) for line in notes)
