@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rebelflow.config.errors import (
@@ -90,25 +92,27 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
         except OSError as exc:
             raise ConfigError(f"[{job.stage}.launcher.python] cannot start {python!r}: {exc}") from exc
         try:
-            reported = _pump(proc, log, tail, emit)
+            reports = _pump(proc, log, tail, emit)
         except BaseException:
             kill_tree(proc.pid)
             raise
         log.write(f"===== exit code {proc.returncode}\n")
     if proc.returncode == 0:
         return job.ref
-    raise _failure(proc.returncode, tail, log_path, reported)
+    raise _failure(proc.returncode, tail, log_path, reports)
 
 
-def _failure(returncode: int, tail: deque, log_path: Path, reported: str | None) -> Exception:
+def _failure(returncode: int, tail: deque, log_path: Path, reports: Reports) -> Exception:
     """The error a failed stage process reported on its last `rebelflow-error:` line, as the same class
-    (running.stage_cli classifies it); a process that died without one (a signal, a crash) failed."""
-    if reported:
-        kind, _, message = reported.removeprefix(ERROR_PREFIX).strip().partition(": ")
+    (running.stage_cli classifies it); a process that died without one (a signal, a crash) failed. A bug's
+    message gains the first error a helper process logged, when there is one: the root cause."""
+    if reports.error:
+        kind, _, message = reports.error.removeprefix(ERROR_PREFIX).strip().partition(": ")
         classes = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}
         if kind in classes:
             return classes[kind](message if kind in ("ConfigError", "DataError") else f"{message}. Full log: {log_path}")
-        return StageFailed(f"{message}. Full traceback: {log_path}")
+        cause = f"; root cause: {reports.first_logged}" if reports.first_logged else ""
+        return StageFailed(f"{message}{cause}. Full traceback: {log_path}")
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (SIGKILL: often the machine's out-of-memory killer; lower the batch sizes)" if name == "SIGKILL" else ""
@@ -163,18 +167,35 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> str | None:
+@dataclass
+class Reports:
+    """What a stage process said about its failure: its own `rebelflow-error:` report (the last one, wherever
+    it sits: after it a multi-process launcher may print dozens of lines of its own) and the first error a
+    helper process of its logged (vLLM's engine core and workers log the root cause there, while the stage
+    itself only sees "the engine died")."""
+
+    error: str | None = None
+    first_logged: str | None = None
+
+
+# "(Worker pid=12) ERROR 12-02 01:07:29 [multiproc_executor.py:1063] RuntimeError: CPU Generator does not use offset"
+LOGGED_ERROR = re.compile(r"^\((?P<who>[^)]*)\) ERROR [^\]]*\] (?P<error>\w+(?:Error|Exception): .+)$")
+
+
+def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> Reports:
     """Every line to the log; a throttled subset to `emit` (the run logger), tracebacks and the error report
-    left to the log (the failure comes back as one classified error). Returns the last `rebelflow-error:`
-    report, wherever it sits (after it, a multi-process launcher may print dozens of lines of its own)."""
-    last, in_traceback, reported = 0.0, False, None
+    left to the log (the failure comes back as one classified error)."""
+    last, in_traceback, reports = 0.0, False, Reports()
     for line in proc.stdout:
         log.write(line)
         line = line.rstrip()
         tail.append(line)
         if ERROR_PREFIX in line:  # a progress bar may share its line
-            reported = line[line.index(ERROR_PREFIX):]
+            reports.error = line[line.index(ERROR_PREFIX):]
             continue
+        logged = LOGGED_ERROR.match(line)
+        if logged and reports.first_logged is None:
+            reports.first_logged = f"{logged['error']} (logged by {logged['who'].split(' pid')[0]})"
         if line.startswith("Traceback (most recent call last)"):
             in_traceback = True
             emit(f"(a traceback: see {log.name})")
@@ -188,7 +209,7 @@ def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None])
             emit(line)
             last = now
     proc.wait()
-    return reported
+    return reports
 
 
 # A stage process never outlives the process that launched it. Its direct child gets SIGKILL from the kernel

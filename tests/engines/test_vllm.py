@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -141,3 +142,39 @@ def test_multi_turn_generation_with_a_vllm_policy_and_an_openai_compatible_user(
         assert len(turn_positions(r["rollout1"], "user")) == 2 and len(turn_positions(r["rollout1"], "assistant")) == 2
         assert r["rollout1"][2]["content"].strip()
     assert server_log.read_text().count("POST /v1/chat/completions") >= len(valid)
+
+
+STRESS = """
+import hashlib, json, sys
+from rebelflow.config.campaign import VLLMConfig
+from rebelflow.engines import SamplingParams
+from rebelflow.engines.vllm import VLLMEngine
+from rebelflow.ml.chat import prompt_ids
+if __name__ == '__main__':
+    engine = VLLMEngine(sys.argv[1], cfg=VLLMConfig(kv_cache_gib=1, max_model_len=256, enforce_eager=True))
+    words = 'cats rain music bread trains snow tea stars boats honey birds books'.split()
+    prompts = [[{'role': 'user', 'content': 'Tell me a long story about ' + ' and '.join(words[(i + k) % 12]
+                for k in range(8)) + f', number {i}.'}] for i in range(256)]
+    for run in range(3):
+        out = engine.generate(prompts, SamplingParams(4, 1.0, 1.0, 24, 0))
+        ids = [[c.token_ids for c in row] for row in out]
+        print('RUN ' + json.dumps({'digest': hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+                                   'empty': sum(not c for row in ids for c in row),
+                                   'distinct': sum(len({tuple(c) for c in row}) == 4 for row in ids),
+                                   'prompt_tokens': sum(len(prompt_ids(engine.tokenizer, p)) for p in prompts)}),
+              flush=True)
+"""
+
+
+def test_a_large_seeded_batch_never_kills_the_engine_and_repeats_exactly(tmp_path, policy):
+    """Issue 18: 256 prompts × 4 seeded samples, ~12k prompt tokens for a step budget of 4,096, so vLLM would
+    split prefills; on the CPU build a split prefill of a seeded request killed the engine ("CPU Generator
+    does not use offset"). Three batches on one engine: all complete, identical tokens, samples differ."""
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS)
+    done = subprocess.run([str(VLLM_PYTHON), str(script), policy], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    runs = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("RUN ")]
+    assert len(runs) == 3 and runs[0]["prompt_tokens"] > 3 * 4096
+    assert len({r["digest"] for r in runs}) == 1  # the same seeds give the same tokens, batch after batch
+    assert all(r["empty"] == 0 and r["distinct"] >= 250 for r in runs)

@@ -56,8 +56,41 @@ def test_an_error_report_keeps_its_class_after_a_launchers_long_output(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail, emitted = deque(maxlen=40), []
     with open(tmp_path / "stage.log", "w") as log:
-        reported = _pump(proc, log, tail, emitted.append)
-    error = _failure(proc.returncode, tail, tmp_path / "stage.log", reported)
+        reports = _pump(proc, log, tail, emitted.append)
+    error = _failure(proc.returncode, tail, tmp_path / "stage.log", reports)
     assert isinstance(error, ConfigError)
     assert str(error) == "[reward.model] the tokenizer has no pad token. Set reward.pad_token"
     assert not any("rebelflow-error" in line for line in emitted)  # reported once, by the run, not as a log line
+
+
+# What a generate stage printed when vLLM's engine died (issue 18's crash, abridged): the stage itself only
+# learns "the engine died"; its worker and engine core logged the cause ~90 lines earlier.
+ENGINE_DEATH = """\
+generate:  40%|####      | 2/5 [00:14<00:21, 7.1s/shard]
+(Worker pid=28190) ERROR 12-02 01:07:29 [multiproc_executor.py:1063] WorkerProc hit an exception.
+(Worker pid=28190) ERROR 12-02 01:07:29 [multiproc_executor.py:1063] Traceback (most recent call last):
+(Worker pid=28190) ERROR 12-02 01:07:29 [multiproc_executor.py:1063]   File "gpu_model_runner.py", line 3502, in _bookkeeping_sync
+(Worker pid=28190) ERROR 12-02 01:07:29 [multiproc_executor.py:1063] RuntimeError: CPU Generator does not use offset
+(EngineCore pid=28177) ERROR 12-02 01:07:29 [core.py:1512] EngineCore encountered a fatal error.
+(EngineCore pid=28177) ERROR 12-02 01:07:29 [core.py:1512] RuntimeError: Worker failed with error 'CPU Generator does not use offset', please check the stack trace above for the root cause
+""" + "".join(f"(EngineCore pid=28177) ERROR 12-02 01:07:29 [core.py:1512]   frame {i}\n" for i in range(60)) + """\
+rebelflow-error: StageFailed: EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause.
+"""
+
+
+def test_a_dead_engine_is_reported_with_its_root_cause(tmp_path):
+    import subprocess
+    import sys
+    from collections import deque
+
+    from rebelflow.running.launch import _failure, _pump
+
+    (tmp_path / "out.txt").write_text(ENGINE_DEATH)
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; print(open({str(tmp_path / 'out.txt')!r}).read()); "
+                             "sys.exit(1)"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / "stage.log", "w") as log:
+        reports = _pump(proc, log, deque(maxlen=40), lambda line: None)
+    error = _failure(proc.returncode, deque(), tmp_path / "stage.log", reports)
+    assert isinstance(error, StageFailed)
+    assert str(error).startswith("EngineDeadError: EngineCore encountered an issue.")
+    assert "root cause: RuntimeError: CPU Generator does not use offset (logged by Worker)" in str(error)
