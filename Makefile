@@ -51,14 +51,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(TIERS)
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
-	$(PY) -m pytest -q -m vllm
+	$(PY) -m pytest -q -m vllm --durations=8
 
 # Operations against real services the tests start: Prefect server, deployments (and later PostgreSQL, Chromium).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow and not vllm and not gpu"
 
 test-deepspeed: $(STAMP)
-	$(PY) -m pytest -q -m "deepspeed and not vllm"
+	$(PY) -m pytest -q -m "deepspeed and not vllm" --durations=8
 
 test-all: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -q

@@ -332,7 +332,7 @@ def _load_rm(config: str, overrides: list[str], store: str | None, train: bool |
         cfg = (_rehearsal(config, overrides, store, RMConfig) if rehearse
                else load_config(config, overrides, store, root=RMConfig))
         check_models(reward_model_models(cfg))
-        check_reward_tokenizer(cfg.eval.reward)
+        check_reward_tokenizer(cfg.eval.reward, "eval.reward")
         rm_jobs(cfg, train=cfg.data is not None if train is None else train, store=Store(cfg.store.root))
     except RebelflowError as exc:
         what = "config error" if isinstance(exc, ConfigError) else "input error"

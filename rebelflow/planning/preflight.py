@@ -80,7 +80,7 @@ def check_models(models: dict[str, str]) -> None:
             )
 
 
-def check_reward_tokenizer(reward) -> None:
+def check_reward_tokenizer(reward, key: str = "reward") -> None:
     """A classifier or ArmoRM reward model on this machine has a pad token that is not EOS (or
     reward.pad_token names one): found here, not after generation."""
     if reward is None or reward.backend not in ("classifier", "armorm") or not reward.model:
@@ -88,7 +88,10 @@ def check_reward_tokenizer(reward) -> None:
     if (Path(reward.model).expanduser() / "config.json").is_file():
         from rebelflow.rewards.classifier import load_tokenizer
 
-        load_tokenizer(reward)
+        try:
+            load_tokenizer(reward)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("[reward.", f"[{key}.").replace(" reward.pad_token", f" {key}.pad_token")) from None
 
 
 def check_callables(cfg: RunConfig) -> None:

@@ -10,9 +10,10 @@ every substitution printed. Its artifacts go to a store of their own (<store>-re
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
-from rebelflow.config.campaign import RunConfig
+from rebelflow.config.campaign import RunConfig, StoreConfig
 from rebelflow.config.loading import read_config, validate_config
 from rebelflow.config.reward_model import RMConfig
 from rebelflow.rehearsal import campaign, reward_model
@@ -23,12 +24,16 @@ from rebelflow.store.local import Store
 def rehearsal_of(path: str | Path, overrides: list[str] = (), store: str | None = None,
                  root: type = RunConfig) -> tuple[RunConfig | RMConfig, list[str]]:
     """(the rehearsal's validated config, the substitutions made, one line each). The preset itself is
-    validated first, so a mistake in it is reported as such. Builds the tiny models and the generated data
-    (once; later calls reuse them, so a rehearsal resumes like any run)."""
+    validated first, so a mistake in it is reported as such (a `reward.artifact` is looked up in the
+    rehearsal's store, where `rm-train --rehearse` puts it). Builds the tiny models and the generated data
+    once, under a lock; later calls reuse them, so a rehearsal resumes like any run."""
     raw = read_config(path, overrides, None, root)
-    preset = validate_config(raw, origin=str(path), root=root)
-    r = Rehearsal(raw={}, store=Store(rehearsal_store(store, preset.store.root)))
-    (campaign.rehearse if root is RunConfig else reward_model.rehearse)(preset, raw, r)
-    r.raw.setdefault("store", {})["root"] = str(r.store.root)
-    r.notes.append(f"store: {preset.store.root} -> {r.store.root} (the rehearsal's own)")
+    configured = (raw.get("store") or {}).get("root") or StoreConfig().root
+    target = Store(rehearsal_store(store, configured))
+    raw.setdefault("store", {})["root"] = str(target.root)
+    preset = validate_config(copy.deepcopy(raw), origin=str(path), root=root)
+    r = Rehearsal(raw={}, store=target)
+    with target.lock("rehearsal-inputs"):
+        (campaign.rehearse if root is RunConfig else reward_model.rehearse)(preset, raw, r)
+    r.notes.append(f"store: {configured} -> {target.root} (the rehearsal's own)")
     return validate_config(r.raw, origin=f"{path} (rehearsal)", root=root), r.notes

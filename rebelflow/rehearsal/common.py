@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rebelflow.store.local import Store
 
 MAX_RANKS = 2  # processes per accelerate launch in a rehearsal: enough to exercise the collectives
@@ -29,11 +31,12 @@ class Rehearsal:
     def note(self, key: str, old: Any, new: Any, why: str = "") -> None:
         self.notes.append(f"{key}: {old} -> {new}" + (f"  ({why})" if why else ""))
 
-    def set(self, path: str, value: Any, why: str = "") -> None:
-        """Set raw[a][b]... = value and note it when it changes what the config said."""
+    def set(self, path: str, value: Any, why: str = "", old: Any = "(default)") -> None:
+        """Set raw[a][b]... = value and note it when it changes what the config said (`old`: the preset's
+        value, when the raw config leaves it to a default)."""
         *parents, key = path.split(".")
         node = section(self.raw, *parents)
-        old = node.get(key, "(default)")
+        old = old if node.get(key) is None else node[key]
         node[key] = value
         if old != value:
             self.note(path, old, value, why)
@@ -41,7 +44,7 @@ class Rehearsal:
     def shrink(self, path: str, current: Any, cap: int, why: str = "") -> None:
         """Lower a size to `cap` when it is larger (or unset: None means "all")."""
         if current is None or current > cap:
-            self.set(path, cap, why)
+            self.set(path, cap, why, old=current)
 
 
 def section(raw: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -55,7 +58,7 @@ def section(raw: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "data"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "data"
 
 
 def rehearsal_store(store: str | None, configured: str) -> str:
@@ -66,12 +69,15 @@ def rehearsal_store(store: str | None, configured: str) -> str:
 
 def scale_launcher(r: Rehearsal, path: str, launcher) -> int:
     """At most MAX_RANKS processes per accelerate launch (same launch config, over gloo on CPU); returns the
-    number of ranks the stage will have."""
+    number of ranks the stage will have. The count may come from the launch config file."""
     if launcher.kind != "accelerate":
         return 1
-    ranks = launcher.num_processes or 1
+    ranks = launcher.num_processes
+    if ranks is None and launcher.config_file:
+        ranks = (yaml.safe_load(Path(launcher.config_file).read_text()) or {}).get("num_processes")
+    ranks = ranks or 1
     if ranks > MAX_RANKS:
-        r.set(f"{path}.num_processes", MAX_RANKS, "processes over gloo on this machine's CPU")
+        r.set(f"{path}.num_processes", MAX_RANKS, "processes over gloo on this machine's CPU", old=ranks)
         ranks = MAX_RANKS
     return ranks
 

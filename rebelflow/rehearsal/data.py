@@ -5,8 +5,10 @@ with the weighting's subset names)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from rebelflow.ml.tiny import corpus_lines
@@ -24,15 +26,28 @@ class Sentences:
         return " ".join(out)
 
 
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    """Write once (a rehearsal reuses its sample, so fingerprints stay put); atomically."""
+def write_jsonl(rows: list[dict], folder: Path, name: str) -> Path:
+    """<folder>/<name>-<digest of the rows>.jsonl, written once and atomically: the same sample keeps its
+    file (so fingerprints stay put), another sample gets another file."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    path = folder / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.jsonl"
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     os.replace(tmp, path)
     return path
+
+
+def first_rows(source: str, count: int) -> list[dict]:
+    """The first `count` rows of a local .jsonl/.json/.parquet/.csv file."""
+    import datasets
+
+    builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[Path(source).suffix]
+    data = datasets.load_dataset(builder, data_files=source, split="train")
+    return data.select(range(min(count, len(data)))).to_list()
 
 
 def prompt_rows(count: int, prompt_column: str | None, messages_column: str | None, id_column: str | None,

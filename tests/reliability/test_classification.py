@@ -94,3 +94,22 @@ def test_a_dead_engine_is_reported_with_its_root_cause(tmp_path):
     assert isinstance(error, StageFailed)
     assert str(error).startswith("EngineDeadError: EngineCore encountered an issue.")
     assert "root cause: RuntimeError: CPU Generator does not use offset (logged by Worker)" in str(error)
+
+
+def test_of_several_ranks_reports_the_user_error_wins_and_keeps_its_lines(tmp_path):
+    """Rank 1 fails on bad data; rank 0 then fails on the lost peer: the user sees the data error, with its
+    line breaks; a dotted exception name logged by a helper process counts as a root cause too."""
+    from collections import deque
+
+    from rebelflow.running.launch import Reports, _failure
+    from rebelflow.running.stage_cli import one_line
+
+    data_error = one_line(DataError("row 3: bad\nrow 9: bad"))
+    reports = Reports(errors=["rebelflow-error: StageFailed: DistBackendError: peer 1 closed the connection",
+                              "rebelflow-error: DataError: " + data_error])
+    error = _failure(3, deque(), tmp_path / "x.log", reports)
+    assert isinstance(error, DataError) and str(error) == "row 3: bad\nrow 9: bad"
+    from rebelflow.running.launch import LOGGED_ERROR
+
+    line = "(Worker pid=3) ERROR 12-02 01:07:29 [x.py:1] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"
+    assert LOGGED_ERROR.match(line)["error"].startswith("torch.OutOfMemoryError: CUDA out of memory")

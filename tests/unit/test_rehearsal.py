@@ -177,9 +177,10 @@ def test_the_family_comes_from_the_name_of_a_hub_model(source, model_type, token
 def test_a_local_model_keeps_its_architecture_and_tokenizer(tmp_path, tiny_policy):
     from transformers import AutoTokenizer
 
-    from rebelflow.rehearsal.models import causal_lm
+    from rebelflow.rehearsal.models import stand_in
 
-    made = causal_lm(tiny_policy, tmp_path / "standin")
+    made = stand_in("causal_lm", tiny_policy, tmp_path, "policy", 0, "float32")
+    assert stand_in("causal_lm", tiny_policy, tmp_path, "policy", 0, "float32") == made  # built once
     assert json.loads((made / "config.json").read_text())["model_type"] == "llama"
     assert AutoTokenizer.from_pretrained(made).get_vocab() == AutoTokenizer.from_pretrained(tiny_policy).get_vocab()
 
@@ -191,3 +192,49 @@ def test_a_users_own_cpu_config_rehearses_too(tmp_path):
     assert cfg.policy.model == "tiny" and cfg.reward.backend == "rule"
     assert cfg.prompts.source == preset.prompts.source
     assert not any(line.startswith(("policy.model", "reward.model", "prompts.source")) for line in notes)
+
+
+REFUEL = REPO / "configs" / "refuel-llama3-armorm.yaml"
+
+
+def test_a_served_user_is_rehearsed_on_a_local_engine_that_fits(store):
+    served = ["dialogue.user.engine=openai", "dialogue.user.openai.base_url=http://10.0.0.5:8000/v1",
+              "dialogue.user.openai.model=llama-70b"]
+    cfg, notes = rehearsal_of(REFUEL, served, store=store)
+    user = cfg.dialogue.user
+    assert (user.engine, user.openai, user.vllm.tensor_parallel_size, user.vllm.max_model_len) == ("vllm", None, 1, 2048)
+    assert user.vllm.gpu_memory_utilization + cfg.generate.vllm.gpu_memory_utilization <= 0.95
+    assert any(line.startswith("dialogue.user.engine: openai -> vllm") for line in notes)
+    assert_llama3_folder(user.model)
+
+
+def test_process_counts_from_the_launch_config_file_are_scaled_too(store):
+    cfg, notes = rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", ["train.launcher.num_processes=null"],
+                              store=store)  # zero3.yaml itself says 8 processes
+    assert cfg.train.launcher.num_processes == 2 and "train.launcher.num_processes: 8 -> 2" in " ".join(notes)
+
+
+def test_a_local_prompt_files_slices_stay_as_the_user_set_them(tmp_path, store):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(60)))
+    mine = [f"prompts.source={prompts}", "prompts.offset=20", f"evaluate.prompts.source={prompts}",
+            "evaluate.prompts.split=train", "evaluate.prompts.offset=0", "evaluate.prompts.per_round=10"]
+    cfg, _ = rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", mine, store=store)
+    assert (cfg.prompts.source, cfg.prompts.offset, cfg.evaluate.prompts.offset) == (str(prompts), 20, 0)
+    assert cfg.evaluate.prompts.per_round <= 8  # the held-out first rows stay apart from the training slice
+
+
+def test_a_dataset_users_later_turns_are_in_every_generated_file(store):
+    dataset_user = ["dialogue.user.kind=dataset", "dialogue.user.turns_column=later_turns",
+                    "evaluate.prompts.source=someone/held-out-dialogues"]
+    cfg, _ = rehearsal_of(REFUEL, dataset_user, store=store)
+    for source in (cfg.prompts.source, cfg.evaluate.prompts.source):
+        rows = [json.loads(line) for line in Path(source).read_text().splitlines()]
+        assert all(len(row["later_turns"]) == cfg.dialogue.turns - 1 for row in rows)
+
+
+def test_a_reward_model_from_rm_train_is_looked_up_in_the_rehearsal_store(store):
+    with pytest.raises(ConfigError, match=r"\[reward.artifact\].*rm-train"):
+        rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml",
+                     ["reward.backend=classifier", "reward.artifact=rm_train-0123", "reward.model=null",
+                      "reward.trust_remote_code=false"], store=store)
