@@ -19,6 +19,9 @@ class SamplingParams:
     top_p: float
     max_new_tokens: int
     seed: int  # sample j uses seed + 50 * j
+    # online rounds' forced length: sample max_new_tokens, end-of-turn allowed but not stopping (the
+    # completion is then cut after the first one), as the reference TL;DR code does (hf, vllm)
+    ignore_end_of_turn: bool = False
 
 
 @dataclass(frozen=True)

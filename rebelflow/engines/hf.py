@@ -17,11 +17,22 @@ class HFEngine:
     def __init__(self, model: str, dtype: str = "float32", revision: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
-        self.model = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=DTYPES[dtype])
-        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-        self.eot = end_of_turn_ids(self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot[0]
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        loaded = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=DTYPES[dtype])
+        self._use(loaded.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer)
+
+    @classmethod
+    def resident(cls, model, tokenizer) -> HFEngine:
+        """An engine on a model already in memory (an online round's policy: it samples with the weights
+        being trained; the caller puts it in eval mode for sampling)."""
+        engine = cls.__new__(cls)
+        engine._use(model, tokenizer)
+        return engine
+
+    def _use(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.eot = end_of_turn_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot[0]
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
@@ -39,7 +50,7 @@ class HFEngine:
                 attention_mask=attention,
                 **self._sampling(params),
                 max_new_tokens=params.max_new_tokens,
-                eos_token_id=self.eot,
+                eos_token_id=None if params.ignore_end_of_turn else self.eot,
                 pad_token_id=self.pad_id,
             )[:, width:]
             for i, row in enumerate(generated.tolist()):

@@ -82,7 +82,8 @@ class VLLMEngine:
                 requests.append(TokensPrompt(prompt_token_ids=ids))
                 sampling.append(VLLMSampling(
                     n=1, seed=seed, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
-                    max_tokens=min(params.max_new_tokens, self.max_len - len(ids)), stop_token_ids=self.eot,
+                    max_tokens=min(params.max_new_tokens, self.max_len - len(ids)), stop_token_ids=[] if params.ignore_end_of_turn else self.eot,
+                    ignore_eos=params.ignore_end_of_turn,
                     skip_special_tokens=True,
                 ))
                 where.append((i, j, seed))

@@ -163,6 +163,11 @@ if __name__ == '__main__':
                                    'distinct': sum(len({tuple(c) for c in row}) == 4 for row in ids),
                                    'prompt_tokens': sum(len(prompt_ids(engine.tokenizer, p)) for p in prompts)}),
               flush=True)
+    import rebelflow.engines.vllm as module
+    raw, cut = [], module.completion
+    module.completion = lambda tok, eot, row, seed: (raw.append(len(row)), cut(tok, eot, row, seed))[1]
+    forced = engine.generate(prompts[:16], SamplingParams(1, 1.0, 1.0, 24, 0, ignore_end_of_turn=True))
+    print('FORCED ' + json.dumps({'raw': raw, 'cut': [len(c.token_ids) for row in forced for c in row]}), flush=True)
 """
 
 
@@ -178,3 +183,6 @@ def test_a_large_seeded_batch_never_kills_the_engine_and_repeats_exactly(tmp_pat
     assert len(runs) == 3 and runs[0]["prompt_tokens"] > 3 * 4096
     assert len({r["digest"] for r in runs}) == 1  # the same seeds give the same tokens, batch after batch
     assert all(r["empty"] == 0 and r["distinct"] >= 250 for r in runs)
+    forced = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("FORCED ")))
+    # forced length (online rounds): every reply is sampled to 24 tokens, then cut after its first end-of-turn
+    assert forced["raw"] == [24] * 16 and all(n <= 24 for n in forced["cut"])
