@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rebelflow.losses import sequence_logps
+from rebelflow.losses import rebel_loss, sequence_logps
 
 
 def pad_right(seqs: Iterable[list[int]], value: int) -> torch.Tensor:
@@ -38,6 +38,23 @@ def batch_logps(model, ids: list[list[int]], masks: list[list[int]], temperature
     """Summed log-probabilities (B,) of the masked tokens of each sequence, right-padded per batch."""
     out, input_ids = pad_and_forward(model, ids, pad_id)
     return sequence_logps(out.logits, input_ids, pad_right(masks, 0).to(input_ids.device), temperature)
+
+
+def pair_loss(model, rows: list[dict], eta: float, temperature: float, pad: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """REBEL loss and metrics of a micro-batch of pairs (rows with chosen/rejected ids, masks, π_old
+    logprobs and rewards); chosen and rejected go through separate passes."""
+    chosen = batch_logps(model, [r["chosen_ids"] for r in rows], [r["chosen_mask"] for r in rows], temperature, pad)
+    rejected = batch_logps(model, [r["rejected_ids"] for r in rows], [r["rejected_mask"] for r in rows], temperature, pad)
+
+    def column(key: str) -> torch.Tensor:
+        return torch.tensor([r[key] for r in rows], dtype=chosen.dtype, device=chosen.device)
+
+    loss, metrics = rebel_loss(
+        chosen, column("chosen_logp_old"), rejected, column("rejected_logp_old"),
+        column("chosen_reward"), column("rejected_reward"), eta,
+    )
+    metrics["tokens"] = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
+    return loss, metrics
 
 
 def pad_id_of(tokenizer) -> int:

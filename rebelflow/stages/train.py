@@ -20,8 +20,7 @@ from typing import ClassVar
 import torch
 
 from rebelflow.config.campaign import TrainConfig
-from rebelflow.losses import rebel_loss
-from rebelflow.ml.batching import batch_logps, pad_id_of
+from rebelflow.ml.batching import pad_id_of, pair_loss
 from rebelflow.ml.driver import Fit, common_summary, fit_model, plan_updates, save_model_artifact
 from rebelflow.ml.models import load_causal_lm, set_trainable
 from rebelflow.store.local import Store
@@ -38,24 +37,6 @@ class Settings(TrainConfig):
     attn_implementation: str
 
 
-def pair_loss(model, rows: list[dict], settings: Settings, pad: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """REBEL loss and metrics of a micro-batch of pairs; chosen and rejected go through separate passes."""
-    chosen = batch_logps(model, [r["chosen_ids"] for r in rows], [r["chosen_mask"] for r in rows], settings.temperature, pad)
-    rejected = batch_logps(
-        model, [r["rejected_ids"] for r in rows], [r["rejected_mask"] for r in rows], settings.temperature, pad
-    )
-
-    def column(key: str) -> torch.Tensor:
-        return torch.tensor([r[key] for r in rows], dtype=chosen.dtype, device=chosen.device)
-
-    loss, metrics = rebel_loss(
-        chosen, column("chosen_logp_old"), rejected, column("rejected_logp_old"),
-        column("chosen_reward"), column("rejected_reward"), settings.eta,
-    )
-    metrics["tokens"] = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
-    return loss, metrics
-
-
 def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
     from transformers import AutoTokenizer
 
@@ -65,7 +46,7 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
     fit = Fit(
         section="train", per_update_key="pairs_per_update", items=store.read_rows(pairs, "train"),
         per_update=settings.pairs_per_update, micro_batch=settings.micro_batch_pairs,
-        loss=lambda model, micro: pair_loss(model, micro, settings, pad),
+        loss=lambda model, micro: pair_loss(model, micro, settings.eta, settings.temperature, pad),
         validation=store.read_rows(pairs, "validation"), validation_keys=("loss", "sign_agreement"),
         eval_every=settings.eval_every, hashed_settings=hashed_settings(settings),
     )

@@ -1,0 +1,243 @@
+"""The resident loop of an online round (REFERENCE: "REBEL, online"): per iteration, sample with the policy
+being trained, score, reward with the KL against the reference and the no-end-of-turn penalty, then take
+`epochs_per_iteration` regression passes over the iteration's pairs. Engines and reward models stay loaded
+for the whole round; sampling and scoring come in as callables (the stage binds an engine on the resident
+policy and a reward backend), so this module needs neither.
+
+Resume: a checkpoint every `checkpoint_every` iterations holds the model, optimizer and schedule (accelerate
+state) and the loop's position; an iteration's rollouts are written as a shard before its regression, and a
+resumed round reads a shard it already has instead of sampling again. Everything random is seeded by the
+iteration (prompt order, sampling seeds, pass permutations), so a resumed round ends with the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rebelflow.config.online import OnlineConfig
+from rebelflow.ml.batching import batch_logps, pair_loss, split
+from rebelflow.ml.chat import prompt_ids
+from rebelflow.ml.driver import Checkpoints, adamw
+from rebelflow.ml.online import (
+    AdaptiveKL,
+    cut_after_end_of_turn,
+    learning_rate,
+    pairs_within_prompts,
+    response_kl,
+    shaped_rewards,
+)
+
+Message = dict[str, str]
+# sample(conversations, samples per conversation, seed, temperature) -> per conversation, per sample: token ids
+Sampler = Callable[[list[list[Message]], int, int, float], list[list[list[int]]]]
+Scorer = Callable[[list[tuple[list[Message], str]]], list[float]]  # NaN: invalid
+
+
+@dataclass
+class Optimization:
+    """The training settings an online round takes from the campaign's train section."""
+
+    eta: float
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    max_grad_norm: float | None
+    temperature: float  # sampling temperature; logprobs use the same scaling
+    warmup_ratio: float
+    total_updates: int  # over the whole campaign (the schedule anneals across rounds)
+    first_update: int  # updates done by earlier rounds
+
+
+def updates_per_iteration(cfg: OnlineConfig) -> int:
+    return cfg.epochs_per_iteration * (cfg.pairs_per_iteration() // cfg.minibatch_pairs)
+
+
+class OnlineLoop:
+    def __init__(self, cfg: OnlineConfig, opt: Optimization, accelerator, model, tokenizer, reference,
+                 end_ids: list[int], sample: Sampler, score: Scorer, prompts: list[list[Message]],
+                 validation: list[list[Message]] = ()):
+        self.cfg, self.opt, self.accelerator, self.tokenizer = cfg, opt, accelerator, tokenizer
+        self.reference, self.end_ids, self.sample, self.score, self.prompts = reference, end_ids, sample, score, prompts
+        self.validation = list(validation)[: cfg.validation_prompts]
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+        optimizer = adamw(model, 1.0, opt.betas, opt.eps, opt.weight_decay)  # lr set per update by the schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        accelerator.register_for_checkpointing(scheduler)
+        self.kl = AdaptiveKL(cfg.kl_coef, cfg.adaptive_kl.target, cfg.adaptive_kl.horizon) if cfg.adaptive_kl else None
+
+    def _lr_factor(self, step: int) -> float:
+        update = self.opt.first_update + step + 1
+        return learning_rate(min(update, self.opt.total_updates), self.opt.total_updates, self.opt.lr,
+                             self.cfg.lr_schedule, self.opt.warmup_ratio)
+
+    def prompt_order(self) -> list[int]:
+        """This round's prompt indices in a seeded order, repeated (each pass reshuffled) as often as needed."""
+        need, order, rounds = self.cfg.iterations * self.cfg.prompts_per_iteration, [], 0
+        while len(order) < need:
+            block = list(range(len(self.prompts)))
+            random.Random(self.cfg.seed * 1000 + rounds).shuffle(block)
+            order += block
+            rounds += 1
+        return order[:need]
+
+    def kl_coef(self) -> float:
+        return self.kl.value if self.kl is not None else self.cfg.kl_coef
+
+    def run(self, checkpoint_dir: Path, shards, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        """All iterations of the round; `shards` keeps the rollouts: has(i), read(i), write(i, rows).
+        Returns one metrics row per iteration."""
+        from tqdm.auto import tqdm
+
+        checkpoints = Checkpoints(self.accelerator, checkpoint_dir, self.cfg.checkpoint_every)
+        start, history = self._resume(checkpoints, say)
+        order = self.prompt_order()
+        for it in tqdm(range(start, self.cfg.iterations), initial=start, total=self.cfg.iterations,
+                       desc="online iterations", unit="iteration"):
+            started = time.time()
+            if shards.has(it):
+                rows = shards.read(it)
+            else:
+                batch = order[it * self.cfg.prompts_per_iteration:(it + 1) * self.cfg.prompts_per_iteration]
+                rows = self.rollout(batch, it)
+                shards.write(it, rows)
+            row = {"iteration": it + 1, **rollout_metrics(rows), **self.regress(rows, it)}
+            if self.kl is not None:
+                row["kl_coef"] = self.kl.update(row["kl"], len(rows))
+            if self.validation and ((it + 1) % self.cfg.validate_every == 0 or it + 1 == self.cfg.iterations):
+                row.update(self.validate())
+            row["seconds"] = time.time() - started
+            history.append(row)
+            say(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}))
+            if checkpoints.due(it + 1, self.cfg.iterations):
+                self._save(checkpoints, it + 1, history, say)
+        return history
+
+    def _resume(self, checkpoints: Checkpoints, say) -> tuple[int, list[dict]]:
+        latest = checkpoints.latest()
+        if latest is None:
+            return 0, []
+        self.accelerator.load_state(str(latest))
+        meta = json.loads((latest / "loop.json").read_text())
+        if self.kl is not None and meta.get("kl_coef") is not None:
+            self.kl.value = meta["kl_coef"]
+        say(f"resuming from checkpoint {latest.name}: {meta['update']} of {self.cfg.iterations} iterations done")
+        return meta["update"], meta["metrics"]
+
+    def _save(self, checkpoints: Checkpoints, iteration: int, history: list[dict], say) -> None:
+        checkpoints.save(iteration, history, say)
+        if self.kl is not None and self.accelerator.is_main_process:
+            path = checkpoints.root / f"update-{iteration:06d}" / "loop.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "kl_coef": self.kl.value}))
+
+    @torch.no_grad()
+    def rollout(self, batch: list[int], iteration: int) -> list[dict[str, Any]]:
+        """Sample, cut, score; π_old and π_ref logprobs of every response; shaped rewards. One row per
+        response, the samples of a prompt next to each other."""
+        conversations = [self.prompts[i] for i in batch]
+        seed = self.cfg.seed + 100_000 * (iteration + 1)
+        self.model.eval()
+        sampled = self.sample(conversations, self.cfg.samples_per_prompt, seed, self.opt.temperature)
+        rows = []
+        for p, (conversation, samples) in enumerate(zip(conversations, sampled, strict=True)):
+            context = prompt_ids(self.tokenizer, conversation)
+            for j, ids in enumerate(samples):
+                reply, has_end = cut_after_end_of_turn(ids, self.end_ids)
+                rows.append({"iteration": iteration + 1, "prompt_index": batch[p], "sample": j,
+                             "messages": conversation, "ids": context + reply,
+                             "mask": [0] * len(context) + [1] * len(reply), "has_end": has_end,
+                             "response": self.tokenizer.decode(reply, skip_special_tokens=True)})
+        scores = self.score([(r["messages"], r["response"]) for r in rows])
+        old = self._logps(self.accelerator.unwrap_model(self.model), rows)
+        ref = torch.cat([self.reference.logps([r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature,
+                                              self.pad) for c in split(rows, self.cfg.minibatch_pairs * 2)])
+        kl = response_kl(old, ref)
+        has_end = torch.tensor([r["has_end"] for r in rows])
+        rewards = shaped_rewards(torch.tensor(scores, dtype=old.dtype), kl, has_end, self.kl_coef(),
+                                 self.cfg.penalty_reward_value, self.cfg.reward_scale)
+        for r, s, o, k, w in zip(rows, scores, old.tolist(), kl.tolist(), rewards.tolist(), strict=True):
+            r.update(score=s, logp_old=o, kl=k, reward=w)
+        return rows
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The mean score of one reply per held-out prompt at the validation temperature (seeded alike every
+        time, so validations differ only by the policy), and how many replies ended."""
+        self.model.eval()
+        sampled = self.sample(self.validation, 1, self.cfg.seed + 7, self.cfg.validation_temperature)
+        replies = [cut_after_end_of_turn(samples[0], self.end_ids) for samples in sampled]
+        scores = self.score([(c, self.tokenizer.decode(ids, skip_special_tokens=True))
+                             for c, (ids, _) in zip(self.validation, replies, strict=True)])
+        valid = [s for s in scores if s == s]
+        return {"val_score": sum(valid) / max(1, len(valid)),
+                "val_ended": sum(end for _, end in replies) / len(replies)}
+
+    def _logps(self, model, rows: list[dict]) -> torch.Tensor:
+        chunks = split(rows, self.cfg.minibatch_pairs * 2)
+        return torch.cat([batch_logps(model, [r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature,
+                                      self.pad) for c in chunks])
+
+    def regress(self, rows: list[dict], iteration: int) -> dict[str, float]:
+        """`epochs_per_iteration` passes over the iteration's pairs (a fresh seeded permutation each), one
+        optimizer update per minibatch; pairs with an invalid score are left out."""
+        pairs = [pair_row(rows[a], rows[b]) for a, b in pairs_within_prompts(len(rows) // self.cfg.samples_per_prompt,
+                                                                             self.cfg.samples_per_prompt)]
+        pairs = [p for p in pairs if p is not None]
+        self.model.train()
+        sums: dict[str, float] = {}
+        updates = 0
+        for epoch in range(self.cfg.epochs_per_iteration):
+            order = list(range(len(pairs)))
+            random.Random(self.cfg.seed * 7919 + iteration * 31 + epoch).shuffle(order)
+            for start in range(0, len(order) - self.cfg.minibatch_pairs + 1, self.cfg.minibatch_pairs):
+                metrics = self._update([pairs[i] for i in order[start:start + self.cfg.minibatch_pairs]])
+                updates += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        out = {k: v / max(1, updates) for k, v in sums.items()}
+        out.update(updates=updates, pairs=len(pairs), lr=self.scheduler.get_last_lr()[0])
+        return out
+
+    def _update(self, minibatch: list[dict]) -> dict[str, float]:
+        loss, metrics = pair_loss(self.model, minibatch, self.opt.eta, self.opt.temperature, self.pad)
+        self.accelerator.backward(loss)
+        if self.opt.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.opt.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.scheduler.step()
+        metrics.pop("tokens", None)
+        return metrics
+
+
+def pair_row(a: dict, b: dict) -> dict | None:
+    """A training pair from two responses to one prompt (None when either score is invalid)."""
+    if a["score"] != a["score"] or b["score"] != b["score"]:  # NaN
+        return None
+    return {"chosen_ids": a["ids"], "chosen_mask": a["mask"], "chosen_logp_old": a["logp_old"],
+            "chosen_reward": a["reward"], "rejected_ids": b["ids"], "rejected_mask": b["mask"],
+            "rejected_logp_old": b["logp_old"], "rejected_reward": b["reward"]}
+
+
+def rollout_metrics(rows: list[dict]) -> dict[str, float]:
+    valid = [r for r in rows if r["score"] == r["score"]]
+    n = max(1, len(valid))
+    return {
+        "score": sum(r["score"] for r in valid) / n,
+        "reward": sum(r["reward"] for r in valid) / n,
+        "kl": sum(r["kl"] for r in rows) / max(1, len(rows)),
+        "penalty_rate": sum(not r["has_end"] for r in rows) / max(1, len(rows)),
+        "response_tokens": sum(sum(r["mask"]) for r in rows) / max(1, len(rows)),
+        "invalid_scores": len(rows) - len(valid),
+    }

@@ -1,0 +1,96 @@
+"""The resident online loop on CPU (transformers sampling inside the trainer): the first iteration's KL
+is 0 (π_old is the reference), one update's loss is `losses.rebel_loss` on the iteration's own numbers, and
+a round stopped after its checkpoint resumes to the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rebelflow.config.online import OnlineConfig
+from rebelflow.engines.base import SamplingParams
+from rebelflow.engines.hf import HFEngine
+from rebelflow.ml.distributed import make_accelerator
+from rebelflow.ml.online_loop import OnlineLoop, Optimization, updates_per_iteration
+from rebelflow.ml.reference import make_reference
+from rebelflow.rewards.examples import addition
+
+PROMPTS = [[{"role": "user", "content": f"What is {a} + {b}?"}] for a in range(4) for b in range(4)]
+
+
+class Shards:
+    def __init__(self):
+        self.rows, self.stop_after = {}, None
+
+    def has(self, i):
+        return i in self.rows
+
+    def read(self, i):
+        return self.rows[i]
+
+    def write(self, i, rows):
+        if self.stop_after is not None and i >= self.stop_after:
+            raise KeyboardInterrupt("stopped")  # as a kill would, after the checkpoint of iteration 2
+        self.rows[i] = json.loads(json.dumps(rows))
+
+
+def make_loop(policy_path, cfg):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    model = AutoModelForCausalLM.from_pretrained(policy_path)
+    engine = HFEngine.resident(model, tokenizer)
+
+    def sample(conversations, n, seed, temperature):
+        params = SamplingParams(n, temperature, 1.0, 4, seed)
+        return [[c.token_ids for c in row] for row in engine.generate(conversations, params)]
+
+    def score(items):
+        return [addition(messages, response) for messages, response in items]
+
+    opt = Optimization(eta=2.0, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
+                       temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
+                       first_update=0)
+    return OnlineLoop(cfg, opt, make_accelerator(1, cfg.minibatch_pairs), model, tokenizer,
+                      make_reference(model, "all"), engine.eot, sample, score, PROMPTS, validation=PROMPTS[:4])
+
+
+CFG = OnlineConfig(iterations=4, prompts_per_iteration=4, samples_per_prompt=2, epochs_per_iteration=2,
+                   minibatch_pairs=2, kl_coef=0.05, penalty_reward_value=-1.0, validate_every=2, checkpoint_every=2)
+
+
+def test_the_first_iteration_starts_at_the_reference_and_regresses_on_its_own_numbers(tiny_policy, tmp_path):
+    cfg = CFG.model_copy(update={"iterations": 1, "epochs_per_iteration": 1, "minibatch_pairs": 4})
+    loop = make_loop(tiny_policy, cfg)
+    shards = Shards()
+    history = loop.run(tmp_path / "ckpt", shards, say=lambda line: None)
+    rows = shards.rows[0]
+    assert all(abs(r["kl"]) < 1e-5 for r in rows)  # π_old is the reference policy before any update
+    for r in rows:  # reward = score (or the penalty without end-of-turn) − kl_coef · KL
+        expected = (r["score"] if r["has_end"] else -1.0) - 0.05 * r["kl"]
+        assert r["reward"] == pytest.approx(expected)
+    # the first update: π_θ = π_old, so d = 0 and the loss is the mean of (η · reward difference)²
+    diffs = [2.0 * (rows[i]["reward"] - rows[i + 1]["reward"]) for i in range(0, len(rows), 2)]
+    assert history[0]["loss"] == pytest.approx(sum(d * d for d in diffs) / len(diffs), rel=1e-5)
+    assert history[0]["updates"] == 1 and history[0]["pairs"] == 4 and "val_score" in history[0]
+
+
+def test_a_stopped_round_resumes_to_the_weights_of_an_uninterrupted_one(tiny_policy, tmp_path):
+    whole = make_loop(tiny_policy, CFG)
+    whole.run(tmp_path / "a", Shards(), say=lambda line: None)
+    interrupted, shards = make_loop(tiny_policy, CFG), Shards()
+    shards.stop_after = 3  # iteration 3's rollouts are made, then the process dies before writing them
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(tmp_path / "b", shards, say=lambda line: None)
+    assert (tmp_path / "b" / "update-000002" / "loop.json").is_file()
+    shards.stop_after = None
+    resumed = make_loop(tiny_policy, CFG)
+    said = []
+    history = resumed.run(tmp_path / "b", shards, say=said.append)
+    assert any("resuming from checkpoint update-000002: 2 of 4 iterations done" in line for line in said)
+    assert [h["iteration"] for h in history] == [1, 2, 3, 4]
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
