@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 TIERS := -m "not slow and not vllm and not deepspeed and not gpu"
 
-.PHONY: demo demo-refuel demo-rm test test-slow test-all test-vllm test-deepspeed vllm-env lint bench clean
+.PHONY: demo demo-refuel demo-online demo-rm test test-slow test-all test-vllm test-deepspeed vllm-env lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ demo: $(STAMP)
 
 demo-refuel: $(STAMP)
 	$(VENV)/bin/rebelflow run configs/demo-refuel.yaml --store $(STORE)
+
+demo-online: $(STAMP)
+	$(VENV)/bin/rebelflow run configs/demo-online.yaml --store $(STORE)
 
 demo-rm: $(STAMP)
 	$(VENV)/bin/rebelflow rm-train configs/demo-rm.yaml --store $(STORE)

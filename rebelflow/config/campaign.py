@@ -12,11 +12,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from rebelflow.config.base import Section
+from rebelflow.config.dialogue import DEFAULT_USER_TEMPLATE, DialogueConfig, OpenAIConfig, UserConfig  # noqa: F401
+from rebelflow.config.engines import DTYPE, VLLMConfig
+from rebelflow.config.online import OnlineConfig
 from rebelflow.config.operations import HubConfig, TrackingConfig, WandbConfig  # noqa: F401  (re-exported)
 
 # Stages of a round in order; `stop_after` may end a round early (then a campaign has one round).
 ROUND_STAGES = ("prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate")
-DTYPE = Literal["float32", "bfloat16", "float16"]
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -46,29 +48,6 @@ class LauncherConfig(Section):
         if self.kind != "accelerate" and (self.config_file or self.num_processes):
             raise ValueError("num_processes and config_file are accelerate options: set kind: accelerate.")
         return self
-
-
-class VLLMConfig(Section):
-    """vLLM engine options. Only max_model_len can change outputs; the rest tune speed and memory, so they
-    are left out of fingerprints (lowering the memory fraction after an out-of-memory error keeps finished
-    shards)."""
-
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of each GPU's memory for this engine")
-    max_model_len: int | None = Field(None, ge=16, description="prompt + reply tokens (None: the model's maximum)")
-    enforce_eager: bool = Field(False, description="no CUDA graphs: slower, starts faster, less memory")
-    kv_cache_gib: int = Field(4, ge=1, description="CPU build only: KV-cache space (VLLM_CPU_KVCACHE_SPACE)")
-
-
-class OpenAIConfig(Section):
-    """An OpenAI-compatible chat endpoint (e.g. `vllm serve`), used for the simulated user."""
-
-    base_url: str = Field(..., description="e.g. http://127.0.0.1:8000/v1")
-    model: str = Field(..., description="the model name the server serves")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable with the key (None: no key)")
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    max_retries: int = Field(5, ge=0, description="retries with exponential backoff on connection errors, 429 and 5xx")
-    timeout: float = Field(600.0, gt=0, description="seconds per request")
 
 
 class TinyModelConfig(Section):
@@ -299,75 +278,6 @@ class SFTConfig(Section):
         return self
 
 
-DEFAULT_USER_TEMPLATE = (
-    "You are playing the user in a conversation with an AI assistant. Here is the conversation so far:\n\n"
-    "{transcript}\n\n"
-    "Continue as the user would: first write one line that says why you ask what you ask next, then a line "
-    "that starts with 'Question:' followed by your next message to the assistant."
-)
-
-
-class UserConfig(Section):
-    """The simulated user of a multi-turn campaign. Its tokens are never trained on."""
-
-    kind: Literal["scripted", "llm", "dataset"] = "scripted"
-    function: str | None = Field(None, description="scripted: module:function(messages) -> next user message")
-    model: str | None = Field(None, description="llm: a local folder or Hub id of a chat model")
-    revision: str | None = None
-    engine: Literal["hf", "vllm", "openai"] | None = Field(
-        None, description="llm: how the user model runs (default: the policy's generate.engine)"
-    )
-    vllm: VLLMConfig = VLLMConfig(gpu_memory_utilization=0.45)
-    openai: OpenAIConfig | None = Field(None, description="llm with engine openai: the endpoint")
-    template: str = Field(DEFAULT_USER_TEMPLATE, description="llm: must contain {transcript}")
-    temperature: float = Field(0.8, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(1024, ge=1)
-    seed: int = 0
-    dtype: DTYPE = "float32"
-    turns_column: str | None = Field(
-        None, description="dataset: the prompts column with the later user turns (strings, messages or HH text)"
-    )
-    max_invalid_fraction: float = Field(
-        0.1, ge=0, le=1, description="stop when more dialogues than this lose a user turn (a broken user)"
-    )
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> UserConfig:
-        needed = {"scripted": ("function", "module:function(messages) -> str"),
-                  "llm": ("model", "a local folder or Hub id of the user model"),
-                  "dataset": ("turns_column", "the prompts column with the later user turns")}[self.kind]
-        if getattr(self, needed[0]) is None and not (self.kind == "llm" and self.engine == "openai"):
-            raise ValueError(f"user kind '{self.kind}' needs {needed[0]}: {needed[1]}.")
-        if self.kind == "llm" and "{transcript}" not in self.template:
-            raise ValueError("the user template must contain {transcript}, where the conversation goes.")
-        if self.kind == "llm" and self.engine == "openai" and self.openai is None:
-            raise ValueError(
-                "user engine 'openai' needs the endpoint: set dialogue.user.openai: {base_url: ..., model: ...}."
-            )
-        return self
-
-
-class DialogueConfig(Section):
-    """Multi-turn (REFUEL) campaigns: set this section; without it a campaign is single-turn REBEL."""
-
-    turns: int = Field(5, ge=1, description="assistant replies per dialogue (H)")
-    horizon: Literal["uniform", "last"] | int = Field(
-        "uniform", description="L: uniform over 0..turns-1, 'last' (the dialogue's last turn), or a fixed turn index"
-    )
-    branch: Literal["uniform", "last"] = Field("uniform", description="h: uniform over 0..L, or h = L")
-    seed: int = 0
-    user: UserConfig
-
-    @model_validator(mode="after")
-    def _horizon(self) -> DialogueConfig:
-        if isinstance(self.horizon, int) and not 0 <= self.horizon < self.turns:
-            raise ValueError(
-                f"horizon ({self.horizon}) must be 'uniform', 'last' or a turn index 0..{self.turns - 1}."
-            )
-        return self
-
-
 # vLLM settings that change speed and memory but not outputs: left out of fingerprints.
 VLLM_SPEED_ONLY = {"tensor_parallel_size": True, "gpu_memory_utilization": True, "enforce_eager": True, "kv_cache_gib": True}
 # Where an OpenAI-compatible user is served and how it is called: the served model name is what counts.
@@ -384,6 +294,7 @@ class RunConfig(Section):
     stop_after: Literal["generate", "score", "prepare", "logprobs", "train", "evaluate"] = "evaluate"
     policy: PolicyConfig = PolicyConfig()
     dialogue: DialogueConfig | None = None
+    online: OnlineConfig | None = Field(None, description="online rounds: iterations of sample → score → regress")
     sft: SFTConfig | None = None
     prompts: PromptsConfig
     reward: RewardConfig
@@ -413,7 +324,7 @@ class RunConfig(Section):
                 "pairs the best and the worst of n sampled responses, so it needs n >= 2 and temperature > 0 "
                 "(greedy samples are identical). Set generate.n: 2 or more and a positive temperature."
             )
-        if self.rounds > 1 and "train" not in stages:
+        if self.rounds > 1 and "train" not in stages and "online" not in stages:
             raise ValueError(
                 f"rounds: {self.rounds} needs each round's trained policy, but stop_after is "
                 f"'{self.stop_after}'. Set stop_after: train (or evaluate), or rounds: 1."
@@ -437,12 +348,31 @@ class RunConfig(Section):
                     "elsewhere (dialogue.user.engine: openai)."
                 )
         per_round = self.prompts.per_round
-        if per_round is not None and "prepare" in stages and self.prepare.validation_pairs >= per_round:
+        if per_round is not None and "prepare" in stages and self.online is None and self.prepare.validation_pairs >= per_round:
             raise ValueError(
                 f"prepare.validation_pairs ({self.prepare.validation_pairs}) must be below prompts.per_round "
                 f"({per_round}): at most one pair per prompt, and training needs some. Lower "
                 "prepare.validation_pairs or raise prompts.per_round."
             )
+        return self
+
+    @model_validator(mode="after")
+    def _online(self) -> RunConfig:
+        if self.online is None:
+            return self
+        ranks = self.train.launcher.num_processes if self.train.launcher.kind == "accelerate" else 1
+        problems = [
+            (self.dialogue is not None, "multi-turn online rounds (REFUEL setting two) are not built yet: remove "
+                                        "the dialogue section, or the online section for iterative REFUEL rounds"),
+            (self.generate.engine != "hf", "online rounds sample with transformers inside the trainer (vLLM "
+                                           "colocated with it is not built yet): set generate.engine: hf"),
+            ((ranks or 1) > 1, "online rounds run in one training process for now: set train.launcher.num_processes: 1"),
+            (self.stop_after not in ("train", "evaluate"), f"an online round trains as it samples, so stop_after "
+                                                           f"'{self.stop_after}' cannot stop before it: set stop_after: train or evaluate"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise ValueError(message + ".")
         return self
 
     @model_validator(mode="after")
@@ -456,4 +386,7 @@ class RunConfig(Section):
         return self
 
     def stages(self) -> tuple[str, ...]:
+        """The stages of a round up to stop_after; an online round is prompts → online (→ evaluate)."""
+        if self.online is not None:
+            return ("prompts", "online", "evaluate") if self.stop_after == "evaluate" else ("prompts", "online")
         return ROUND_STAGES[: ROUND_STAGES.index(self.stop_after) + 1]

@@ -27,7 +27,7 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
         step(job)
     records, policy, evaluations = step.records, base.policy, []
     for k in range(1, min(through or cfg.rounds, cfg.rounds) + 1):
-        out = round_flow(cfg, k, policy, base.eval_prompts, base.eval_scored)
+        out = round_flow(cfg, k, policy, base.eval_prompts, base.eval_scored, base.policy)
         records += out["records"]
         policy = out["policy"]
         if out["evaluation"] is not None:

@@ -20,11 +20,14 @@ from rebelflow.store.refs import ArtifactRef
 
 @flow(name="round", flow_run_name="{cfg.campaign}-round-{k}", log_prints=True)
 def round_flow(
-    cfg: RunConfig, k: int, policy: ArtifactRef, eval_prompts: ArtifactRef | None, baseline_scored: ArtifactRef | None
+    cfg: RunConfig, k: int, policy: ArtifactRef, eval_prompts: ArtifactRef | None, baseline_scored: ArtifactRef | None,
+    initial: ArtifactRef | None = None,
 ) -> dict[str, Any]:
-    plan = round_plan(cfg, k, policy, Baseline(eval_prompts=eval_prompts, eval_scored=baseline_scored))
+    base = Baseline(policy=initial, eval_prompts=eval_prompts, eval_scored=baseline_scored)
+    plan = round_plan(cfg, k, policy, base)
     step = Steps(cfg.campaign, Store(cfg.store.root), cfg.hub, cfg.tracking)
     step(plan.prompts)  # this round's slice of the prompt set
+    step(plan.online)  # online rounds: all iterations of sample → score → regress, with engines resident
     step(plan.generate)  # n samples per prompt from the policy (two dialogues branching at turn h for REFUEL)
     step(plan.score)  # a reward per response (per turn for dialogues)
     step(plan.prepare)  # best against worst, tokenized with loss masks on the replies

@@ -34,14 +34,34 @@ class Reference:
             return batch_logps(self.model, ids, masks, temperature, pad_id)
 
 
-def make_reference(policy, trainable: str | int) -> Reference:
-    """The reference for a policy whose trainable part is `trainable` ("all", "lora" or k), taken before
-    its first update."""
-    if trainable == "lora":
-        return Reference(policy, disabled_adapters=True)
-    if trainable == "all":
-        return Reference(frozen(copy.deepcopy(policy)))
-    return Reference(top_layers_copy(policy, int(trainable)))
+def make_reference(policy, trainable: str | int, initial=None) -> Reference:
+    """The reference for a policy whose trainable part is `trainable` ("all", "lora" or k), made before its
+    first update. `initial` is the campaign's starting model when the policy is not (a later round): then
+    LoRA and full training take it frozen, and top-k training loads its top layers into the copies (the
+    layers below never changed)."""
+    if trainable in ("lora", "all"):
+        if initial is not None:
+            return Reference(frozen(initial))
+        return Reference(policy, disabled_adapters=True) if trainable == "lora" else Reference(frozen(copy.deepcopy(policy)))
+    view = top_layers_copy(policy, int(trainable))
+    if initial is not None:
+        copies = top_modules(view, int(trainable))
+        for mine, theirs in zip(copies, top_modules(initial, int(trainable)), strict=True):
+            mine.load_state_dict(theirs.state_dict())
+    return Reference(view)
+
+
+def top_modules(model, k: int) -> list:
+    """The modules a top-k reference copies: the top k layers, the final norm, the LM head when untied."""
+    decoder = model.get_decoder()
+    out = list(decoder.layers[-k:])
+    norm = next((name for name in FINAL_NORMS if name in decoder._modules), None)
+    if norm is not None:
+        out.append(decoder._modules[norm])
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        out.append(head)
+    return out
 
 
 def frozen(module):

@@ -8,6 +8,7 @@ which the round flow calls in order. A campaign is:
               eval_prompts → eval_generate → eval_score of the starting policy (the baseline, once)
     round k   prompts → generate → score → prepare → logprobs → train
               → eval_generate → eval_score (the new policy) → evaluate (new against baseline)
+    online    prompts → online (the round's iterations in one resident stage) → eval_generate → …
 
 Round k's trained policy is round k+1's policy; the starting policy stays the evaluation baseline.
 With a `dialogue` section (REFUEL) generate, score, prepare and evaluate are their multi-turn versions
@@ -30,6 +31,7 @@ from rebelflow.stages import (
     generate,
     generate_dialogues,
     logprobs,
+    online,
     prepare,
     prepare_dialogues,
     prompts,
@@ -84,6 +86,7 @@ class RoundPlan:
 
     k: int
     prompts: StageJob
+    online: StageJob | None = None  # an online round: iterations of sample → score → regress, one stage
     generate: StageJob | None = None  # n samples per prompt (or two branched dialogues) from the policy
     score: StageJob | None = None  # a reward per response (per turn prefix for dialogues)
     prepare: StageJob | None = None  # best against worst, tokenized with loss masks
@@ -94,7 +97,7 @@ class RoundPlan:
     evaluate: StageJob | None = None  # the new policy against the baseline
 
     STEPS: ClassVar[tuple[str, ...]] = (
-        "prompts", "generate", "score", "prepare", "logprobs", "train", "eval_generate", "eval_score", "evaluate",
+        "prompts", "online", "generate", "score", "prepare", "logprobs", "train", "eval_generate", "eval_score", "evaluate",
     )
 
     def jobs(self) -> list[StageJob]:
@@ -102,14 +105,23 @@ class RoundPlan:
 
     @property
     def policy(self) -> ArtifactRef | None:
-        """The policy this round hands to the next: its train artifact."""
-        return None if self.train is None else self.train.ref
+        """The policy this round hands to the next: its train (or online) artifact."""
+        trained = self.online or self.train
+        return None if trained is None else trained.ref
 
 
 def round_plan(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> RoundPlan:
     """Round k's steps up to `stop_after`, starting from `policy`."""
     wanted, multi = cfg.stages(), cfg.dialogue is not None
     r = RoundPlan(k, prompts=make_job(prompts, k, prompts.Settings.from_config(cfg.prompts, k, turns_column(cfg)), []))
+    if cfg.online is not None:
+        initial = [base.policy] if base.policy is not None and base.policy != policy else []
+        validation = [base.eval_prompts] if base.eval_prompts is not None else []
+        r.online = make_job(online, k, _online_settings(cfg, k), [r.prompts.ref, policy, *initial, *validation],
+                            cfg.train.launcher)
+        if "evaluate" in wanted:
+            _evaluation(cfg, r, k, base, r.online.ref)
+        return r
     if "generate" in wanted:
         module, settings = (generate_dialogues, _dialogue_settings(cfg, cfg.generate, True)) if multi else (
             generate, generate.Settings(**cfg.generate.model_dump()))
@@ -125,10 +137,30 @@ def round_plan(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> R
     if "train" in wanted:
         r.train = make_job(train, k, _train_settings(cfg, k), [r.logprobs.ref, policy], cfg.train.launcher)
     if "evaluate" in wanted:
-        r.eval_generate, r.eval_score = _eval_samples(cfg, k, base.eval_prompts, r.train.ref)
-        r.evaluate = make_job(evaluate_dialogues if multi else evaluate, k, evaluate.Settings(),
-                              [r.eval_score.ref, base.eval_scored], name="evaluate")
+        _evaluation(cfg, r, k, base, r.train.ref)
     return r
+
+
+def _evaluation(cfg: RunConfig, r: RoundPlan, k: int, base: Baseline, trained: ArtifactRef) -> None:
+    """The round's policy on the held-out prompts, against the baseline."""
+    r.eval_generate, r.eval_score = _eval_samples(cfg, k, base.eval_prompts, trained)
+    r.evaluate = make_job(evaluate_dialogues if cfg.dialogue is not None else evaluate, k, evaluate.Settings(),
+                          [r.eval_score.ref, base.eval_scored], name="evaluate")
+
+
+def _online_settings(cfg: RunConfig, k: int) -> online.Settings:
+    from rebelflow.ml.online_loop import updates_per_iteration
+
+    t, per_round = cfg.train, cfg.online.iterations * updates_per_iteration(cfg.online)
+    return online.Settings(
+        online=cfg.online, reward=cfg.reward, reward_identity=reward_identity(cfg.reward), eta=t.eta, lr=t.lr,
+        betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        warmup_ratio=t.warmup_ratio, trainable=t.trainable, lora=t.lora, dtype=t.dtype,
+        attn_implementation=cfg.logprobs.attn_implementation, temperature=cfg.generate.temperature,
+        top_p=cfg.generate.top_p, max_new_tokens=cfg.generate.max_new_tokens,
+        total_updates=cfg.rounds * per_round, first_update=(k - 1) * per_round, seed=t.seed,
+        tracking=run_info(cfg.tracking, cfg.store.root, cfg.campaign, f"{cfg.campaign}-r{k}-online", "online"),
+    )
 
 
 def campaign_jobs(cfg: RunConfig) -> list[StageJob]:

@@ -109,7 +109,7 @@ def check_callables(cfg: RunConfig) -> None:
 def check_pairs(cfg: RunConfig, k: int, prompt_count: int) -> None:
     """A round of `prompt_count` prompts gives at most one pair per prompt: after the held-out pairs there
     must be one full update's worth."""
-    if "train" not in cfg.stages():
+    if "train" not in cfg.stages() or cfg.online is not None:  # an online round reuses its prompts as needed
         return
     left = prompt_count - cfg.prepare.validation_pairs
     if left < cfg.train.pairs_per_update:

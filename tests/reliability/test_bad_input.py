@@ -93,6 +93,13 @@ BEFORE_WORK = {
     "vllm without vLLM": ({}, ["generate.engine=vllm"], r"vLLM is not installed"),
     "missing accelerate config": ({}, ["train.launcher.kind=accelerate", "train.launcher.config_file=nope.yaml",
                                        "stop_after=train"], r"config_file .*not found"),
+    "online with multi-turn": ({"online": {"iterations": 2}, "stop_after": "train",
+                                "dialogue": {"turns": 2, "user": {"kind": "scripted", "function": "rebelflow.users.examples:addition_quiz"}}},
+                               [], r"multi-turn online rounds \(REFUEL setting two\) are not built yet"),
+    "online stopping before training": ({"online": {"iterations": 2}}, [],
+                                        r"stop_after 'prepare' cannot stop before it: set stop_after: train"),
+    "online minibatch above its pairs": ({"online": {"iterations": 2, "prompts_per_iteration": 2, "minibatch_pairs": 4},
+                                          "stop_after": "train"}, [], r"minibatch_pairs \(4\) is more than an iteration's pairs \(2"),
     "scripted user file missing": ({"dialogue": {"turns": 2, "user": {"kind": "scripted", "function": "gone.py:ask"}}},
                                    [], r"gone.py"),
 }

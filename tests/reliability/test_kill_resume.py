@@ -1,4 +1,4 @@
-"""Kill -9 at a random point of a stage (generate, multi-turn generate, score, logprobs, train, sft), then run it again: the artifact it finishes is byte-identical to
+"""Kill -9 at a random point of a stage (generate, multi-turn generate, score, logprobs, train, sft, online), then run it again: the artifact it finishes is byte-identical to
 an uninterrupted run's (every data and model file), and no stage process survives the kill.
 
 The launcher (a separate process, as a flow would be) is killed at a seeded random fraction of the stage's
@@ -33,6 +33,9 @@ CASES = {
     "train": ("logprobs", {"train": {"launcher": {"kind": "accelerate"}, "epochs": 12, "checkpoint_every": 3}}),
     "sft": (None, {"sft": {"data": "DEMOS", "epochs": 6, "examples_per_update": 4, "micro_batch": 2,
                            "checkpoint_every": 3, "launcher": {"kind": "accelerate"}}}),
+    "online": ("prompts", {"online": {"iterations": 8, "prompts_per_iteration": 4, "minibatch_pairs": 2,
+                                      "checkpoint_every": 2, "validate_every": 4, "validation_prompts": 4},
+                           "train": {"launcher": {"kind": "subprocess"}}, "stop_after": "train"}),
     "dialogues": ("prompts", {"generate": {"launcher": {"kind": "subprocess"}, "shard_size": 2, "batch_size": 2},
                               "dialogue": {"turns": 2, "user": {"kind": "scripted",
                                                                 "function": "rebelflow.users.examples:addition_quiz"}}}),
@@ -60,7 +63,8 @@ def test_a_killed_stage_finishes_byte_identical(tmp_path, prompts_file, tiny_pol
     else:
         store, refs, policy = run_round(cfg, tiny_policy, upto=before)
         step = "generate" if case == "dialogues" else case
-        job = getattr(round_plan(cfg.model_copy(update={"stop_after": step}), 1, policy, Baseline()), step)
+        stop = {"stop_after": "train"} if case == "online" else {"stop_after": step}
+        job = getattr(round_plan(cfg.model_copy(update=stop), 1, policy, Baseline()), step)
     started = time.time()
     assert launch(job, store, emit=lambda line: None) == job.ref  # uninterrupted
     duration = time.time() - started

@@ -76,3 +76,13 @@ def test_the_full_reference_is_a_frozen_copy(policy):
     before = reference.logps(IDS, MASKS, 1.0, 0)
     perturb(policy, ("layers",))
     torch.testing.assert_close(reference.logps(IDS, MASKS, 1.0, 0), before, rtol=0, atol=0)
+
+
+def test_a_later_rounds_top_layers_reference_is_the_campaigns_starting_model(policy):
+    """Round 2 starts from round 1's policy; its reference must still be the starting model."""
+    start = copy.deepcopy(policy)
+    perturb(policy)  # round 1 trained the top layers, norm and head
+    model, _ = set_trainable(policy, 2)
+    reference = make_reference(model, 2, initial=start)
+    torch.testing.assert_close(reference.logps(IDS, MASKS, 1.0, 0), logps(start), rtol=0, atol=1e-6)
+    assert reference.model.get_decoder().layers[0] is model.get_decoder().layers[0]

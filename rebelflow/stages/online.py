@@ -1,0 +1,178 @@
+"""online: one online round (REBEL's online experiments) as one resident stage — `online.iterations`
+iterations of sample → score → KL-shaped reward → regression passes, with the policy, its reference and
+the reward model loaded once (ml.online_loop). Sampling is transformers generation inside the training
+process on the weights being trained.
+
+Inputs: the round's prompts, the round's starting policy, and (from round 2 on) the campaign's starting
+policy, which the KL term's reference is. The artifact is the policy after the round (model/), every
+iteration's rollouts as dataset shards (prompt, reply ids and mask, score, KL, reward, end-of-turn flag),
+metrics.jsonl with one row per iteration, and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import ClassVar
+
+import pyarrow as pa
+import torch
+
+from rebelflow.config.base import Section
+from rebelflow.config.campaign import LoraConfig, RewardConfig
+from rebelflow.config.errors import DataError
+from rebelflow.config.online import OnlineConfig
+from rebelflow.ml.distributed import finish_distributed, make_accelerator
+from rebelflow.ml.models import load_causal_lm, save_policy, set_trainable
+from rebelflow.ml.online_loop import OnlineLoop, Optimization
+from rebelflow.ml.reference import make_reference
+from rebelflow.ml.tracking import Tracker
+from rebelflow.store.local import ArtifactWriter, Store
+from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
+
+NAME, VERSION, KIND = "online", 1, "model"
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SCHEMA = pa.schema([
+    ("iteration", pa.int64()), ("prompt_index", pa.int64()), ("sample", pa.int64()),
+    ("messages", pa.list_(MESSAGE)), ("ids", pa.list_(pa.int64())), ("mask", pa.list_(pa.int64())),
+    ("has_end", pa.bool_()), ("response", pa.string()), ("score", pa.float64()), ("logp_old", pa.float64()),
+    ("kl", pa.float64()), ("reward", pa.float64()),
+])
+
+
+class Settings(Section):
+    # validation and checkpoints cannot change the weights
+    UNHASHED: ClassVar[dict] = {"tracking": True, "online": {"validate_every": True, "validation_prompts": True,
+                                                             "validation_temperature": True, "checkpoint_every": True}}
+
+    online: OnlineConfig
+    reward: RewardConfig
+    reward_identity: str
+    eta: float
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    max_grad_norm: float | None
+    warmup_ratio: float
+    trainable: str | int
+    lora: LoraConfig
+    dtype: str
+    attn_implementation: str
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    total_updates: int  # the campaign's, so the schedule anneals across rounds
+    first_update: int
+    seed: int
+    tracking: dict | None = None
+
+
+class Shards:
+    """The rollouts of each iteration as one shard of the artifact being written."""
+
+    def __init__(self, writer: ArtifactWriter):
+        self.w = writer
+
+    def has(self, i: int) -> bool:
+        return self.w.has_shard("train", i)
+
+    def read(self, i: int) -> list[dict]:
+        return self.w.read_shard("train", i).to_pylist()
+
+    def write(self, i: int, rows: list[dict]) -> None:
+        self.w.write_shard("train", i, rows, SCHEMA)
+
+
+def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: ArtifactRef, store: Store) -> ArtifactRef:
+    """`more`: the campaign's starting policy (a model, from round 2 on) and the held-out prompts that
+    validation samples (a prompts artifact), each when the plan has one."""
+    inputs = [prompts, policy, *more]
+    initial = next((r for r in more if r.stage != "prompts"), None)
+    validation = next((r for r in more if r.stage == "prompts"), None)
+    ref = artifact_ref(NAME, VERSION, KIND, settings, inputs)
+    if store.is_complete(ref, quarantine=True):
+        return ref
+    conversations = [row["messages"] for row in store.read_rows(prompts)]
+    if not conversations:
+        raise DataError("the round has no prompts. Check prompts.source and prompts.per_round.")
+    held_out = [row["messages"] for row in store.read_rows(validation)] if validation is not None else []
+    loop, tokenizer, path = _loop(settings, store, policy, initial, conversations, held_out)
+    tracker = Tracker(settings.tracking, hashed_settings(settings))
+    with store.writer(ref, VERSION, hashed_settings(settings), inputs) as w:
+        history = loop.run(w.tmp / "checkpoints", Shards(w), say=lambda line: print(line, flush=True))
+        for row in history:
+            tracker.log(row, step=int(row["iteration"]))
+        weights = loop.accelerator.get_state_dict(loop.model)
+        lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
+        save_policy(loop.accelerator, loop.model, weights, tokenizer, w.model_dir(), lora)
+        (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
+        summary = _summary(history)
+        w.finish(summary=summary, card=_CARD)
+    tracker.finish(summary)
+    finish_distributed()
+    return ref
+
+
+def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: ArtifactRef | None,
+          conversations: list, held_out: list):
+    from transformers import AutoTokenizer
+
+    from rebelflow.engines.base import SamplingParams
+    from rebelflow.engines.hf import HFEngine
+    from rebelflow.rewards import load_reward
+
+    torch.manual_seed(settings.seed)
+    path = store.model_path(policy)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
+    model, _ = set_trainable(model, settings.trainable, settings.lora)
+    start = None if initial is None else load_causal_lm(store.model_path(initial), settings.dtype,
+                                                        settings.attn_implementation, initial.revision)
+    reference = make_reference(model, settings.trainable, start)
+    engine = HFEngine.resident(model, tokenizer)
+    reward = load_reward(settings.reward)
+
+    def sample(convs, n, seed, temperature):
+        params = SamplingParams(n, temperature, settings.top_p, settings.max_new_tokens, seed,
+                                ignore_end_of_turn=settings.online.forced_length)
+        return [[c.token_ids for c in row] for row in engine.generate(convs, params)]
+
+    def score(items):
+        return [r.value for r in reward.score(items)]
+
+    opt = Optimization(eta=settings.eta, lr=settings.lr, betas=settings.betas, eps=settings.eps,
+                       weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
+                       temperature=settings.temperature, warmup_ratio=settings.warmup_ratio,
+                       total_updates=settings.total_updates, first_update=settings.first_update)
+    accelerator = make_accelerator(1, settings.online.minibatch_pairs)
+    loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, engine.eot, sample, score,
+                      conversations, held_out)
+    return loop, tokenizer, path
+
+
+def _summary(history: list[dict]) -> dict:
+    first, last = history[0], history[-1]
+    validated = [h for h in history if "val_score" in h]
+    keys = ("iteration", "score", "reward", "kl", "penalty_rate", "loss", "val_score", "lr")
+    return {
+        "iterations": len(history),
+        "updates": sum(h["updates"] for h in history),
+        "first score": round(first["score"], 5),
+        "last score": round(last["score"], 5),
+        "last kl": round(last["kl"], 5),
+        "first val_score": round(validated[0]["val_score"], 5) if validated else None,
+        "last val_score": round(validated[-1]["val_score"], 5) if validated else None,
+        "curve": [{k: round(h[k], 5) if isinstance(h.get(k), float) else h.get(k) for k in keys if k in h}
+                  for h in history],
+    }
+
+
+_CARD = ("The policy after one online round; data/ holds every iteration's rollouts (reply ids, score, KL, "
+         "shaped reward), metrics.jsonl one line per iteration.")
+
+if __name__ == "__main__":
+    from rebelflow.running.stage_cli import main
+
+    raise SystemExit(main(NAME))
