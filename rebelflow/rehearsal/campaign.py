@@ -172,6 +172,12 @@ def rehearse_sizes(r: Rehearsal, cfg: RunConfig) -> None:
         sizes.append(("evaluate.prompts.per_round", cfg.evaluate.prompts.per_round, EVAL_PROMPTS))
     if cfg.dialogue is not None and cfg.dialogue.user.kind == "llm":
         sizes.append(("dialogue.user.max_new_tokens", cfg.dialogue.user.max_new_tokens, SMALL_NEW_TOKENS))
+    if cfg.online is not None:  # a few small iterations, a checkpoint and a validation among them
+        o = cfg.online
+        sizes += [("online.iterations", o.iterations, 4), ("online.prompts_per_iteration", o.prompts_per_iteration, 4),
+                  ("online.samples_per_prompt", o.samples_per_prompt, 2), ("online.minibatch_pairs", o.minibatch_pairs, 2),
+                  ("online.checkpoint_every", o.checkpoint_every, 2), ("online.validate_every", o.validate_every, 2),
+                  ("online.validation_prompts", o.validation_prompts, 4)]
     for key, value, cap in sizes:
         r.shrink(key, value, cap)
     rehearse_sft(r, cfg, per_update)

@@ -238,3 +238,11 @@ def test_a_reward_model_from_rm_train_is_looked_up_in_the_rehearsal_store(store)
         rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml",
                      ["reward.backend=classifier", "reward.artifact=rm_train-0123", "reward.model=null",
                       "reward.trust_remote_code=false"], store=store)
+
+
+def test_an_online_campaign_rehearses_a_few_small_iterations(tmp_path):
+    cfg, notes = rehearsal_of(REPO / "configs" / "demo-online.yaml", store=str(tmp_path / "store"))
+    o = cfg.online
+    assert (o.iterations, o.prompts_per_iteration, o.minibatch_pairs, o.checkpoint_every) == (4, 4, 2, 2)
+    assert "online.iterations: 60 -> 4" in "\n".join(notes)
+    assert [j for j in plan_status(cfg) if j["stage"] == "online"]
