@@ -76,6 +76,7 @@ bench: $(STAMP) $(VLLM_STAMP)
 	$(PY) bench/dialogue_batching.py
 	$(PY) bench/score_batching.py
 	$(PY) bench/generate_engines.py
+	$(PY) bench/online_loop.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache
