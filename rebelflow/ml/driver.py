@@ -133,12 +133,20 @@ def save_model_artifact(trained: Trained, writer_of: Callable[[], Any], tokenize
     (`writer_of()` opens it); the tracker gets the summary. Every rank then leaves the process group."""
     if trained.main:
         with writer_of() as w:
-            save_policy(trained.accelerator, trained.model, trained.weights, tokenizer, w.model_dir(), lora_base)
-            (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trained.history))
-            shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
-            w.finish(summary=summary, card=card)
+            write_model(w, trained.accelerator, trained.model, trained.weights, tokenizer, trained.history, summary,
+                        card, lora_base)
         trained.tracker.finish(summary)
     finish_distributed()
+
+
+def write_model(w, accelerator, model, weights: dict, tokenizer, history: list[dict], summary: dict[str, Any],
+                card: str, lora_base: tuple | None = None) -> None:
+    """Finish a model artifact in an open writer: the HF folder, metrics.jsonl (one line per history row),
+    the checkpoints removed, the summary and card."""
+    save_policy(accelerator, model, weights, tokenizer, w.model_dir(), lora_base)
+    (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
+    w.finish(summary=summary, card=card)
 
 
 def common_summary(trained: Trained, curve_keys: tuple[str, ...]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.batching import batch_logps, pair_loss, split
 from rebelflow.ml.chat import prompt_ids
@@ -65,10 +66,11 @@ def updates_per_iteration(cfg: OnlineConfig) -> int:
 class OnlineLoop:
     def __init__(self, cfg: OnlineConfig, opt: Optimization, accelerator, model, tokenizer, reference,
                  end_ids: list[int], sample: Sampler, score: Scorer, prompts: list[list[Message]],
-                 validation: list[list[Message]] = ()):
+                 validation: list[list[Message]] = (), max_invalid_fraction: float = 1.0):
         self.cfg, self.opt, self.accelerator, self.tokenizer = cfg, opt, accelerator, tokenizer
         self.reference, self.end_ids, self.sample, self.score, self.prompts = reference, end_ids, sample, score, prompts
         self.validation = list(validation)[: cfg.validation_prompts]
+        self.max_invalid_fraction = max_invalid_fraction
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
         optimizer = adamw(model, 1.0, opt.betas, opt.eps, opt.weight_decay)  # lr set per update by the schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
@@ -159,10 +161,16 @@ class OnlineLoop:
                              "mask": [0] * len(context) + [1] * len(reply), "has_end": has_end,
                              "response": self.tokenizer.decode(reply, skip_special_tokens=True)})
         scores = self.score([(r["messages"], r["response"]) for r in rows])
-        old = self._logps(self.accelerator.unwrap_model(self.model), rows)
-        ref = torch.cat([self.reference.logps([r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature,
-                                              self.pad) for c in split(rows, self.cfg.minibatch_pairs * 2)])
-        kl = response_kl(old, ref)
+        invalid = sum(s != s for s in scores)  # NaN
+        if invalid > self.max_invalid_fraction * len(rows):
+            raise DataError(
+                f"online iteration {iteration + 1}: {invalid} of {len(rows)} rewards are invalid, more than "
+                f"score.max_invalid_fraction ({self.max_invalid_fraction}): the reward is failing, not noisy. "
+                "Fix the reward (score a reply by hand to see why), or raise score.max_invalid_fraction."
+            )
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        old = self._logps(lambda *batch: batch_logps(unwrapped, *batch), rows)
+        kl = response_kl(old, self._logps(self.reference.logps, rows))
         has_end = torch.tensor([r["has_end"] for r in rows])
         rewards = shaped_rewards(torch.tensor(scores, dtype=old.dtype), kl, has_end, self.kl_coef(),
                                  self.cfg.penalty_reward_value, self.cfg.reward_scale)
@@ -183,10 +191,10 @@ class OnlineLoop:
         return {"val_score": sum(valid) / max(1, len(valid)),
                 "val_ended": sum(end for _, end in replies) / len(replies)}
 
-    def _logps(self, model, rows: list[dict]) -> torch.Tensor:
-        chunks = split(rows, self.cfg.minibatch_pairs * 2)
-        return torch.cat([batch_logps(model, [r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature,
-                                      self.pad) for c in chunks])
+    def _logps(self, logps, rows: list[dict]) -> torch.Tensor:
+        """logps(ids, masks, temperature, pad) over the rows in chunks of a minibatch's responses."""
+        return torch.cat([logps([r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature, self.pad)
+                          for c in split(rows, self.cfg.minibatch_pairs * 2)])
 
     def regress(self, rows: list[dict], iteration: int) -> dict[str, float]:
         """`epochs_per_iteration` passes over the iteration's pairs (a fresh seeded permutation each), one

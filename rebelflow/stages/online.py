@@ -11,8 +11,7 @@ metrics.jsonl with one row per iteration, and a summary.
 
 from __future__ import annotations
 
-import json
-import shutil
+from dataclasses import fields
 from typing import ClassVar
 
 import pyarrow as pa
@@ -23,7 +22,8 @@ from rebelflow.config.campaign import LoraConfig, RewardConfig
 from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.distributed import finish_distributed, make_accelerator
-from rebelflow.ml.models import load_causal_lm, save_policy, set_trainable
+from rebelflow.ml.driver import write_model
+from rebelflow.ml.models import load_causal_lm, set_trainable
 from rebelflow.ml.online_loop import OnlineLoop, Optimization
 from rebelflow.ml.reference import make_reference
 from rebelflow.ml.tracking import Tracker
@@ -42,7 +42,7 @@ SCHEMA = pa.schema([
 
 class Settings(Section):
     # validation and checkpoints cannot change the weights
-    UNHASHED: ClassVar[dict] = {"tracking": True, "online": {"validate_every": True, "validation_prompts": True,
+    UNHASHED: ClassVar[dict] = {"tracking": True, "max_invalid_fraction": True, "online": {"validate_every": True, "validation_prompts": True,
                                                              "validation_temperature": True, "checkpoint_every": True}}
 
     online: OnlineConfig
@@ -65,6 +65,7 @@ class Settings(Section):
     total_updates: int  # the campaign's, so the schedule anneals across rounds
     first_update: int
     seed: int
+    max_invalid_fraction: float = 0.1  # score.max_invalid_fraction: more invalid rewards stop the round
     tracking: dict | None = None
 
 
@@ -105,11 +106,8 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
             tracker.log(row, step=int(row["iteration"]))
         weights = loop.accelerator.get_state_dict(loop.model)
         lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
-        save_policy(loop.accelerator, loop.model, weights, tokenizer, w.model_dir(), lora)
-        (w.tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-        shutil.rmtree(w.tmp / "checkpoints", ignore_errors=True)
         summary = _summary(history)
-        w.finish(summary=summary, card=_CARD)
+        write_model(w, loop.accelerator, loop.model, weights, tokenizer, history, summary, _CARD, lora)
     tracker.finish(summary)
     finish_distributed()
     return ref
@@ -142,13 +140,10 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     def score(items):
         return [r.value for r in reward.score(items)]
 
-    opt = Optimization(eta=settings.eta, lr=settings.lr, betas=settings.betas, eps=settings.eps,
-                       weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
-                       temperature=settings.temperature, warmup_ratio=settings.warmup_ratio,
-                       total_updates=settings.total_updates, first_update=settings.first_update)
+    opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
     accelerator = make_accelerator(1, settings.online.minibatch_pairs)
     loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, engine.eot, sample, score,
-                      conversations, held_out)
+                      conversations, held_out, settings.max_invalid_fraction)
     return loop, tokenizer, path
 
 

@@ -36,7 +36,7 @@ class Shards:
         self.rows[i] = json.loads(json.dumps(rows))
 
 
-def make_loop(policy_path, cfg):
+def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
@@ -49,13 +49,13 @@ def make_loop(policy_path, cfg):
         return [[c.token_ids for c in row] for row in engine.generate(conversations, params)]
 
     def score(items):
-        return [addition(messages, response) for messages, response in items]
+        return [reward(messages, response) for messages, response in items]
 
     opt = Optimization(eta=2.0, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
                        temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
                        first_update=0)
     return OnlineLoop(cfg, opt, make_accelerator(1, cfg.minibatch_pairs), model, tokenizer,
-                      make_reference(model, "all"), engine.eot, sample, score, PROMPTS, validation=PROMPTS[:4])
+                      make_reference(model, "all"), engine.eot, sample, score, PROMPTS, PROMPTS[:4], max_invalid_fraction)
 
 
 CFG = OnlineConfig(iterations=4, prompts_per_iteration=4, samples_per_prompt=2, epochs_per_iteration=2,
@@ -94,3 +94,17 @@ def test_a_stopped_round_resumes_to_the_weights_of_an_uninterrupted_one(tiny_pol
     assert [h["iteration"] for h in history] == [1, 2, 3, 4]
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_reward_failing_for_many_replies_stops_the_round(tiny_policy, tmp_path):
+    """Invalid rewards (NaN) leave their pairs out; more of them than score.max_invalid_fraction is a broken
+    reward, not noise, and stops the round before it trains on what is left."""
+    from rebelflow.config.errors import DataError
+
+    def half_broken(messages, response):
+        return float("nan") if "1 +" in messages[-1]["content"] else addition(messages, response)
+
+    loop = make_loop(tiny_policy, CFG.model_copy(update={"iterations": 1}), half_broken, max_invalid_fraction=0.1)
+    with pytest.raises(DataError, match=r"online iteration 1: \d+ of 8 rewards are invalid, more than "
+                                        r"score.max_invalid_fraction \(0.1\)"):
+        loop.run(tmp_path / "ckpt", Shards(), say=lambda line: None)
