@@ -362,8 +362,12 @@ class RunConfig(Section):
             return self
         ranks = self.train.launcher.num_processes if self.train.launcher.kind == "accelerate" else 1
         problems = [
-            (self.dialogue is not None, "multi-turn online rounds (REFUEL setting two) are not built yet: remove "
-                                        "the dialogue section, or the online section for iterative REFUEL rounds"),
+            (self.dialogue is not None and self.online.samples_per_prompt != 2,
+             "a multi-turn online round makes two dialogues per prompt (the second branched at turn h): set "
+             "online.samples_per_prompt: 2"),
+            (self.dialogue is not None and self.online.forced_length,
+             "online.forced_length applies to single replies; multi-turn rounds cut each reply at its own "
+             "end-of-turn: remove online.forced_length or the dialogue section"),
             (self.generate.engine != "hf", "online rounds sample with transformers inside the trainer (vLLM "
                                            "colocated with it is not built yet): set generate.engine: hf"),
             ((ranks or 1) > 1, "online rounds run in one training process for now: set train.launcher.num_processes: 1"),

@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.batching import batch_logps, pair_loss, split
-from rebelflow.ml.chat import prompt_ids
+from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
 from rebelflow.ml.driver import Checkpoints, adamw
 from rebelflow.ml.online import (
     AdaptiveKL,
@@ -41,6 +41,49 @@ Message = dict[str, str]
 # sample(conversations, samples per conversation, seed, temperature) -> per conversation, per sample: token ids
 Sampler = Callable[[list[list[Message]], int, int, float], list[list[list[int]]]]
 Scorer = Callable[[list[tuple[list[Message], str]]], list[float]]  # NaN: invalid
+
+
+class Rollouts(Protocol):
+    """What an iteration samples. `collect` returns one row per response, the `samples` rows of a prompt
+    next to each other, each with: `prompt` (position in `prompts`), `sample`, `messages` (the context
+    the trained reply follows), `ids` and `mask` (context + reply, 1 on the reply), `has_end`, `response`,
+    `dialogue` (the whole dialogue the reward scores; [] for a single reply), `branch_turn` (-1 for a
+    single reply) and `invalid` (why it cannot be scored, or None)."""
+
+    samples: int
+
+    def collect(self, prompts: list[dict], seed: int, temperature: float, validation: bool) -> list[dict]:
+        """Validation: one response per prompt (one whole dialogue)."""
+        ...
+
+
+class SingleTurn:
+    """`samples` replies per prompt from `sample`, each cut after its first end-of-turn (REBEL online)."""
+
+    def __init__(self, sample: Sampler, tokenizer, end_ids: list[int], samples: int):
+        self.sample, self.tokenizer, self.end_ids, self.samples = sample, tokenizer, end_ids, samples
+
+    def collect(self, prompts: list[dict], seed: int, temperature: float, validation: bool) -> list[dict]:
+        conversations = [p["messages"] for p in prompts]
+        rows = []
+        for p, (conversation, samples) in enumerate(zip(
+                conversations, self.sample(conversations, 1 if validation else self.samples, seed, temperature),
+                strict=True)):
+            context = prompt_ids(self.tokenizer, conversation)
+            for j, ids in enumerate(samples):
+                reply, has_end = cut_after_end_of_turn(ids, self.end_ids)
+                rows.append({"prompt": p, "sample": j, "messages": conversation, "ids": context + reply,
+                             "mask": [0] * len(context) + [1] * len(reply), "has_end": has_end,
+                             "response": self.tokenizer.decode(reply, skip_special_tokens=True),
+                             "dialogue": [], "branch_turn": -1, "invalid": None})
+        return rows
+
+
+def score_item(row: dict) -> tuple[list[Message], str]:
+    """What the reward scores: the reply after its context, or a whole dialogue at its last reply."""
+    if row["dialogue"]:
+        return row["dialogue"][:-1], row["dialogue"][-1]["content"]
+    return row["messages"], row["response"]
 
 
 @dataclass
@@ -65,13 +108,14 @@ def updates_per_iteration(cfg: OnlineConfig) -> int:
 
 class OnlineLoop:
     def __init__(self, cfg: OnlineConfig, opt: Optimization, accelerator, model, tokenizer, reference,
-                 end_ids: list[int], sample: Sampler, score: Scorer, prompts: list[list[Message]],
-                 validation: list[list[Message]] = (), max_invalid_fraction: float = 1.0):
+                 rollouts: Rollouts, score: Scorer, prompts: list[dict], validation: list[dict] = (),
+                 max_invalid_fraction: float = 1.0):
+        """`prompts` and `validation`: prompts rows (`messages`, and what the rollouts read besides)."""
         self.cfg, self.opt, self.accelerator, self.tokenizer = cfg, opt, accelerator, tokenizer
-        self.reference, self.end_ids, self.sample, self.score, self.prompts = reference, end_ids, sample, score, prompts
+        self.reference, self.rollouts, self.score, self.prompts = reference, rollouts, score, prompts
         self.validation = list(validation)[: cfg.validation_prompts]
         self.max_invalid_fraction = max_invalid_fraction
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_ids(tokenizer)[0]
         optimizer = adamw(model, 1.0, opt.betas, opt.eps, opt.weight_decay)  # lr set per update by the schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -145,22 +189,14 @@ class OnlineLoop:
 
     @torch.no_grad()
     def rollout(self, batch: list[int], iteration: int) -> list[dict[str, Any]]:
-        """Sample, cut, score; π_old and π_ref logprobs of every response; shaped rewards. One row per
+        """Sample, score; π_old and π_ref logprobs of every trained reply; shaped rewards. One row per
         response, the samples of a prompt next to each other."""
-        conversations = [self.prompts[i] for i in batch]
         seed = self.cfg.seed + 100_000 * (iteration + 1)
         self.model.eval()
-        sampled = self.sample(conversations, self.cfg.samples_per_prompt, seed, self.opt.temperature)
-        rows = []
-        for p, (conversation, samples) in enumerate(zip(conversations, sampled, strict=True)):
-            context = prompt_ids(self.tokenizer, conversation)
-            for j, ids in enumerate(samples):
-                reply, has_end = cut_after_end_of_turn(ids, self.end_ids)
-                rows.append({"iteration": iteration + 1, "prompt_index": batch[p], "sample": j,
-                             "messages": conversation, "ids": context + reply,
-                             "mask": [0] * len(context) + [1] * len(reply), "has_end": has_end,
-                             "response": self.tokenizer.decode(reply, skip_special_tokens=True)})
-        scores = self.score([(r["messages"], r["response"]) for r in rows])
+        rows = self.rollouts.collect([self.prompts[i] for i in batch], seed, self.opt.temperature, False)
+        for r in rows:
+            r.update(iteration=iteration + 1, prompt_index=batch[r.pop("prompt")])
+        scores = self._scores(rows)
         invalid = sum(s != s for s in scores)  # NaN
         if invalid > self.max_invalid_fraction * len(rows):
             raise DataError(
@@ -178,18 +214,21 @@ class OnlineLoop:
             r.update(score=s, logp_old=o, kl=k, reward=w)
         return rows
 
+    def _scores(self, rows: list[dict]) -> list[float]:
+        """The reward of every row in one batched call; NaN for a row that cannot be scored."""
+        valid = [r for r in rows if not r["invalid"]]
+        values = iter(self.score([score_item(r) for r in valid]) if valid else [])
+        return [float("nan") if r["invalid"] else next(values) for r in rows]
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """The mean score of one reply per held-out prompt at the validation temperature (seeded alike every
-        time, so validations differ only by the policy), and how many replies ended."""
+        """The mean score of one reply (one dialogue) per held-out prompt at the validation temperature
+        (seeded alike every time, so validations differ only by the policy), and how many ended."""
         self.model.eval()
-        sampled = self.sample(self.validation, 1, self.cfg.seed + 7, self.cfg.validation_temperature)
-        replies = [cut_after_end_of_turn(samples[0], self.end_ids) for samples in sampled]
-        scores = self.score([(c, self.tokenizer.decode(ids, skip_special_tokens=True))
-                             for c, (ids, _) in zip(self.validation, replies, strict=True)])
-        valid = [s for s in scores if s == s]
+        rows = self.rollouts.collect(self.validation, self.cfg.seed + 7, self.cfg.validation_temperature, True)
+        valid = [s for s in self._scores(rows) if s == s]
         return {"val_score": sum(valid) / max(1, len(valid)),
-                "val_ended": sum(end for _, end in replies) / len(replies)}
+                "val_ended": sum(r["has_end"] for r in rows) / max(1, len(rows))}
 
     def _logps(self, logps, rows: list[dict]) -> torch.Tensor:
         """logps(ids, masks, temperature, pad) over the rows in chunks of a minibatch's responses."""
@@ -199,8 +238,8 @@ class OnlineLoop:
     def regress(self, rows: list[dict], iteration: int) -> dict[str, float]:
         """`epochs_per_iteration` passes over the iteration's pairs (a fresh seeded permutation each), one
         optimizer update per minibatch; pairs with an invalid score are left out."""
-        pairs = [pair_row(rows[a], rows[b]) for a, b in pairs_within_prompts(len(rows) // self.cfg.samples_per_prompt,
-                                                                             self.cfg.samples_per_prompt)]
+        samples = self.rollouts.samples
+        pairs = [pair_row(rows[a], rows[b]) for a, b in pairs_within_prompts(len(rows) // samples, samples)]
         pairs = [p for p in pairs if p is not None]
         self.model.train()
         sums: dict[str, float] = {}

@@ -160,6 +160,7 @@ def _online_settings(cfg: RunConfig, k: int) -> online.Settings:
         top_p=cfg.generate.top_p, max_new_tokens=cfg.generate.max_new_tokens,
         total_updates=cfg.rounds * per_round, first_update=(k - 1) * per_round, seed=t.seed,
         max_invalid_fraction=cfg.score.max_invalid_fraction,
+        dialogue=_dialogue_settings(cfg, cfg.generate, True) if cfg.dialogue is not None else None,
         tracking=run_info(cfg.tracking, cfg.store.root, cfg.campaign, f"{cfg.campaign}-r{k}-online", "online"),
     )
 

@@ -1,7 +1,9 @@
-"""online: one online round (REBEL's online experiments) as one resident stage — `online.iterations`
-iterations of sample → score → KL-shaped reward → regression passes, with the policy, its reference and
+"""online: one online round (REBEL's online experiments, REFUEL setting two) as one resident stage —
+`online.iterations` iterations of sample → score → KL-shaped reward → regression passes, with the policy, its reference and
 the reward model loaded once (ml.online_loop). Sampling is transformers generation inside the training
-process on the weights being trained.
+process on the weights being trained. With a dialogue section each prompt gives two dialogues branched at
+a turn h (REFUEL setting two, user turns from the data): the trained reply is turn h's, the reward the
+whole dialogue's.
 
 Inputs: the round's prompts, the round's starting policy, and (from round 2 on) the campaign's starting
 policy, which the KL term's reference is. The artifact is the policy after the round (model/), every
@@ -21,29 +23,36 @@ from rebelflow.config.base import Section
 from rebelflow.config.campaign import LoraConfig, RewardConfig
 from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
+from rebelflow.ml.chat import prompt_ids, tokenize_reply, turn_positions
 from rebelflow.ml.distributed import finish_distributed, make_accelerator
 from rebelflow.ml.driver import write_model
 from rebelflow.ml.models import load_causal_lm, set_trainable
-from rebelflow.ml.online_loop import OnlineLoop, Optimization
+from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn
 from rebelflow.ml.reference import make_reference
 from rebelflow.ml.tracking import Tracker
+from rebelflow.stages import generate_dialogues
 from rebelflow.store.local import ArtifactWriter, Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "online", 1, "model"
+NAME, VERSION, KIND = "online", 2, "model"
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMA = pa.schema([
     ("iteration", pa.int64()), ("prompt_index", pa.int64()), ("sample", pa.int64()),
     ("messages", pa.list_(MESSAGE)), ("ids", pa.list_(pa.int64())), ("mask", pa.list_(pa.int64())),
     ("has_end", pa.bool_()), ("response", pa.string()), ("score", pa.float64()), ("logp_old", pa.float64()),
     ("kl", pa.float64()), ("reward", pa.float64()),
+    ("dialogue", pa.list_(MESSAGE)), ("branch_turn", pa.int64()), ("invalid", pa.string()),
 ])
 
 
 class Settings(Section):
     # validation and checkpoints cannot change the weights
-    UNHASHED: ClassVar[dict] = {"tracking": True, "max_invalid_fraction": True, "online": {"validate_every": True, "validation_prompts": True,
-                                                             "validation_temperature": True, "checkpoint_every": True}}
+    UNHASHED: ClassVar[dict] = {
+        "tracking": True, "max_invalid_fraction": True,
+        "online": {"validate_every": True, "validation_prompts": True, "validation_temperature": True,
+                   "checkpoint_every": True},
+        "dialogue": {**generate_dialogues.Settings.UNHASHED, "shard_size": True},
+    }
 
     online: OnlineConfig
     reward: RewardConfig
@@ -66,6 +75,8 @@ class Settings(Section):
     first_update: int
     seed: int
     max_invalid_fraction: float = 0.1  # score.max_invalid_fraction: more invalid rewards stop the round
+    # multi-turn rounds (REFUEL setting two): how dialogues are rolled out (seeds and temperature are the loop's)
+    dialogue: generate_dialogues.Settings | None = None
     tracking: dict | None = None
 
 
@@ -94,10 +105,10 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
     ref = artifact_ref(NAME, VERSION, KIND, settings, inputs)
     if store.is_complete(ref, quarantine=True):
         return ref
-    conversations = [row["messages"] for row in store.read_rows(prompts)]
+    conversations = store.read_rows(prompts)
     if not conversations:
         raise DataError("the round has no prompts. Check prompts.source and prompts.per_round.")
-    held_out = [row["messages"] for row in store.read_rows(validation)] if validation is not None else []
+    held_out = store.read_rows(validation) if validation is not None else []
     loop, tokenizer, path = _loop(settings, store, policy, initial, conversations, held_out)
     tracker = Tracker(settings.tracking, hashed_settings(settings))
     with store.writer(ref, VERSION, hashed_settings(settings), inputs) as w:
@@ -140,11 +151,56 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     def score(items):
         return [r.value for r in reward.score(items)]
 
+    if settings.dialogue is None:
+        rollouts = SingleTurn(sample, tokenizer, engine.eot, settings.online.samples_per_prompt)
+    else:
+        from rebelflow.users import load_user
+
+        rollouts = Dialogues(settings.dialogue, engine, load_user(settings.dialogue.user), tokenizer)
     opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
     accelerator = make_accelerator(1, settings.online.minibatch_pairs)
-    loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, engine.eot, sample, score,
+    loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, rollouts, score,
                       conversations, held_out, settings.max_invalid_fraction)
     return loop, tokenizer, path
+
+
+class Dialogues:
+    """REFUEL setting two's rollouts with the existing multi-turn pieces (generate_dialogues.rollout): per
+    prompt, dialogue 1 to its end and dialogue 2 branched at turn h (drawn per prompt and iteration); the
+    trained reply is turn h, its KL and no-end-of-turn penalty are turn h's, and the reward scores the
+    dialogue through its reply at turn L (its last with `dialogue.horizon: last`, as setting two does)."""
+
+    samples = 2
+
+    def __init__(self, settings: generate_dialogues.Settings, engine, user, tokenizer):
+        self.s, self.engine, self.user, self.tokenizer = settings, engine, user, tokenizer
+
+    def collect(self, prompts: list[dict], seed: int, temperature: float, validation: bool) -> list[dict]:
+        s = self.s.model_copy(update={"seed": seed, "temperature": temperature, "dialogue_seed": seed,
+                                      "branching": not validation, "user": self.s.user.model_copy(update={"seed": seed})})
+        rows = []
+        for p, d in enumerate(generate_dialogues.rollout(s, prompts, self.engine, self.user)):
+            made = [(d["rollout1"], d["finish1"])] + ([] if validation else [(d["rollout2"], d["finish2"])])
+            for j, (messages, finish) in enumerate(made):
+                row = self._row(d, messages, finish, validation)
+                rows.append({"prompt": p, "sample": j, **row})
+        return rows
+
+    def _row(self, d: dict, messages: list[dict], finish: list[str], validation: bool) -> dict:
+        replies = turn_positions(messages, "assistant")
+        h, last = d["branch_turn"], d["horizon"]
+        if validation:  # the whole dialogue; "ended" when every reply did
+            h = last = len(replies) - 1
+        if d["invalid_reason"] or len(replies) <= max(h, last):  # a user turn failed: nothing to train or score
+            context, ids = d["messages"], prompt_ids(self.tokenizer, d["messages"])
+            return {"messages": context, "ids": ids, "mask": [0] * len(ids), "has_end": False, "response": "",
+                    "dialogue": messages, "branch_turn": h,
+                    "invalid": d["invalid_reason"] or f"the dialogue has no reply at turn {max(h, last)}"}
+        context, reply = messages[: replies[h]], messages[replies[h]]["content"]
+        ids, mask, _ = tokenize_reply(self.tokenizer, context, reply)
+        ended = all(f == "stop" for f in finish) if validation else finish[h] == "stop"
+        return {"messages": context, "ids": ids, "mask": mask, "has_end": ended, "response": reply,
+                "dialogue": messages[: replies[last] + 1], "branch_turn": h, "invalid": None}
 
 
 def _summary(history: list[dict]) -> dict:

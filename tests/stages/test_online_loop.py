@@ -13,11 +13,12 @@ from rebelflow.config.online import OnlineConfig
 from rebelflow.engines.base import SamplingParams
 from rebelflow.engines.hf import HFEngine
 from rebelflow.ml.distributed import make_accelerator
-from rebelflow.ml.online_loop import OnlineLoop, Optimization, updates_per_iteration
+from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn, updates_per_iteration
 from rebelflow.ml.reference import make_reference
 from rebelflow.rewards.examples import addition
 
-PROMPTS = [[{"role": "user", "content": f"What is {a} + {b}?"}] for a in range(4) for b in range(4)]
+PROMPTS = [{"prompt_id": f"{a}+{b}", "messages": [{"role": "user", "content": f"What is {a} + {b}?"}]}
+           for a in range(4) for b in range(4)]
 
 
 class Shards:
@@ -55,7 +56,8 @@ def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0):
                        temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
                        first_update=0)
     return OnlineLoop(cfg, opt, make_accelerator(1, cfg.minibatch_pairs), model, tokenizer,
-                      make_reference(model, "all"), engine.eot, sample, score, PROMPTS, PROMPTS[:4], max_invalid_fraction)
+                      make_reference(model, "all"), SingleTurn(sample, tokenizer, engine.eot, cfg.samples_per_prompt),
+                      score, PROMPTS, PROMPTS[:4], max_invalid_fraction)
 
 
 CFG = OnlineConfig(iterations=4, prompts_per_iteration=4, samples_per_prompt=2, epochs_per_iteration=2,
