@@ -121,7 +121,8 @@ def _print_rounds(summary: dict, store_root: str) -> None:
         )
     console.print(table)
     folder = f"{store_root}/campaigns/{summary['campaign']}"
-    console.print(f"Summary: {folder}/summary.json · plot: {folder}/summary.png")
+    online = " · online iterations: online.png" if summary.get("online") else ""
+    console.print(f"Summary: {folder}/summary.json · plot: {folder}/summary.png{online}")
 
 
 @app.command()
@@ -141,11 +142,13 @@ def plan(
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"plan for {cfg.campaign} (store {cfg.store.root})")
-    for col in ("round", "stage", "fingerprint", "status"):
+    notes = any("note" in r for r in rows)
+    for col in ("round", "stage", "fingerprint", "status", *(["note"] if notes else [])):
         _add_column(table, col, [r["fingerprint"] for r in rows] if col == "fingerprint" else None)
     for r in rows:
         color = "green" if r["status"] == "cached" else "yellow"
-        table.add_row(str(r["round"]), r["stage"], r["fingerprint"], f"[{color}]{r['status']}[/]")
+        table.add_row(str(r["round"]), r["stage"], r["fingerprint"], f"[{color}]{r['status']}[/]",
+                      *([r.get("note", "")] if notes else []))
     console.print(table)
 
 
@@ -169,6 +172,8 @@ def history(
         table.add_row(r["name"], r["flow"], r["state"], str(r["start"])[:19], _secs(r["seconds"]))
         for t in r["tasks"]:
             table.add_row(f"  └ {t['name']}", "", t["state"], "", _secs(t["seconds"]))
+            if t.get("curve"):  # an online round: its per-iteration curves, first → last
+                table.add_row(f"     {t['curve']}", "", "", "", "")
     console.print(table)
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rebelflow.ml.driver import curve
 from rebelflow.stages import evaluate, evaluate_dialogues
 from rebelflow.store.local import Store, write_json_atomic
 from rebelflow.store.refs import ArtifactRef
@@ -15,9 +16,10 @@ from rebelflow.store.refs import ArtifactRef
 
 def campaign_summary(
     store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]],
-    dialogues: bool = False,
+    dialogues: bool = False, online: list[tuple[int, ArtifactRef]] = (),
 ) -> dict[str, Any]:
-    """Write summary.json and summary.png; returns the summary."""
+    """Write summary.json and summary.png (and online.png, the per-iteration curves of online rounds);
+    returns the summary."""
     base_rows = store.read_rows(baseline_scored)
     if dialogues:
         start = evaluate_dialogues.summarise(evaluate_dialogues.compare(base_rows, base_rows))
@@ -29,9 +31,58 @@ def campaign_summary(
     summary = {"campaign": campaign, "rounds": rounds}
     folder = store.root / "campaigns" / campaign
     folder.mkdir(parents=True, exist_ok=True)
+    iterations = online_curve(store, online)
+    if iterations:
+        summary["online"] = curve(iterations, ONLINE_KEYS, points=200)
+        plot_online(iterations, folder / "online.png", campaign)
+    else:  # an earlier online run of this campaign name
+        (folder / "online.png").unlink(missing_ok=True)
     write_json_atomic(folder / "summary.json", summary)
     plot(rounds, folder / "summary.png", campaign)
     return summary
+
+
+ONLINE_KEYS = ("round", "iteration", "step", "score", "reward", "kl", "penalty_rate", "loss", "val_score", "kl_coef")
+
+
+def online_curve(store: Store, online: list[tuple[int, ArtifactRef]]) -> list[dict[str, Any]]:
+    """Every iteration of the online rounds in order (their metrics.jsonl), numbered across the campaign
+    (`step`) as well as within the round (`iteration`)."""
+    rows: list[dict[str, Any]] = []
+    for k, ref in online:
+        path = store.path(ref) / "metrics.jsonl"
+        if path.is_file():
+            rows += [{**json.loads(line), "round": k, "step": len(rows) + i + 1}
+                     for i, line in enumerate(path.read_text().splitlines())]
+    return rows
+
+
+def plot_online(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Score, validation score, KL, no-end-of-turn rate and loss per iteration, rounds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=100)
+    axes[0].plot(x, [r["score"] for r in rows], color="tab:blue", lw=1, label="score")
+    val = [(r["step"], r["val_score"]) for r in rows if r.get("val_score") is not None]
+    if val:
+        axes[0].plot(*zip(*val, strict=True), "o-", color="tab:green", ms=3, label="validation score")
+    axes[1].plot(x, [r["kl"] for r in rows], color="tab:red", lw=1, label="KL per response")
+    axes[1].plot(x, [r["penalty_rate"] for r in rows], color="tab:purple", lw=1, label="no end-of-turn")
+    axes[2].plot(x, [r.get("loss", float("nan")) for r in rows], color="tab:gray", lw=1, label="loss")
+    starts = [r["step"] for r in rows if r["iteration"] == 1][1:]
+    for ax in axes:
+        for s in starts:
+            ax.axvline(s - 0.5, color="black", lw=0.5, ls=":")
+        ax.set_xlabel("iteration (all rounds)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: online iterations (dotted: a new round)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _entry(k: int, s: dict[str, Any], ref: ArtifactRef) -> dict[str, Any]:

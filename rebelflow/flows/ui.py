@@ -79,9 +79,10 @@ def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict
         "",
         f"Round 0 is the starting policy. Data: `{folder / 'summary.json'}`",
     ]
-    plot = folder / "summary.png"
-    if plot.is_file():  # inline, so the UI shows it without access to the store
-        lines += ["", f"![reward and win rate per round](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"]
+    for name, alt in (("summary.png", "reward and win rate per round"), ("online.png", "online iterations")):
+        plot = folder / name
+        if plot.is_file():  # inline, so the UI shows it without access to the store
+            lines += ["", f"![{alt}](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"]
     lines += ["", "#### stage artifacts by round", "", *_round_links(campaign, records)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(campaign, "summary"), description="rewards and win rates per round")
 

@@ -27,7 +27,7 @@ def read_history(limit: int = 20) -> list[dict[str, Any]]:
         by_run.setdefault(t.flow_run_id, []).append(
             {"name": t.name, "state": t.state_name, "seconds": _seconds(t)}
         )
-    return [
+    out = [
         {
             "id": str(r.id),
             "name": r.name,
@@ -39,6 +39,32 @@ def read_history(limit: int = 20) -> list[dict[str, Any]]:
         }
         for r in runs
     ]
+    for row, r in zip(out, runs, strict=True):
+        _online_curves(row["tasks"], (r.parameters or {}).get("cfg"))
+    return out
+
+
+def _online_curves(tasks: list[dict], cfg: dict | None) -> None:
+    """Give each finished online round's task its per-iteration curves, first → last, read from the store
+    the run wrote to (nothing when that store is gone or elsewhere)."""
+    from rebelflow.planning.campaign import curve_text
+    from rebelflow.store.local import Store
+
+    if not isinstance(cfg, dict) or not cfg.get("online") or "store" not in cfg:
+        return
+    store = Store(cfg["store"]["root"])
+    index = store.campaign_index(cfg["campaign"]) or {"rounds": {}}
+    for t in tasks:
+        found = re.search(r"online-r(\d+)$", t["name"])
+        entry = index["rounds"].get(found.group(1), {}).get("online") if found else None
+        if entry is None:
+            continue
+        try:
+            summary = store.manifest(store.find(entry["id"]))["summary"]
+        except (KeyError, OSError, ValueError):
+            continue
+        if summary.get("curve"):
+            t["curve"] = curve_text(summary)
 
 
 def _seconds(run: Any) -> float | None:

@@ -241,5 +241,27 @@ def plan_status(cfg: RunConfig) -> list[dict]:
         if any(r.id in pending for r in j.inputs) or not store.is_complete(j.ref):
             pending.add(j.ref.id)
         status = "pending" if j.ref.id in pending else "cached"
-        out.append({"round": j.round, "stage": j.name, "fingerprint": j.ref.id, "status": status})
+        row = {"round": j.round, "stage": j.name, "fingerprint": j.ref.id, "status": status}
+        if j.name == "online":
+            row["note"] = online_note(cfg, store.manifest(j.ref)["summary"] if status == "cached" else None)
+        out.append(row)
     return out
+
+
+def online_note(cfg: RunConfig, summary: dict | None) -> str:
+    """What an online round will do, or (made) how its curves went from first to last iteration."""
+    from rebelflow.ml.online_loop import updates_per_iteration
+
+    o = cfg.online
+    if summary is None or not summary.get("curve"):
+        kind = "2 dialogues branched at turn h" if cfg.dialogue is not None else f"{o.samples_per_prompt} samples"
+        return (f"{o.iterations} iterations: {o.prompts_per_iteration} prompts × {kind}, "
+                f"{updates_per_iteration(o)} updates each")
+    return curve_text(summary)
+
+
+def curve_text(summary: dict) -> str:
+    """A finished online round's curves in one line (`plan`, `history`)."""
+    from rebelflow.ml.online import online_text
+
+    return f"{summary['iterations']} iterations: " + online_text(summary["curve"])

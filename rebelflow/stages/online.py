@@ -204,19 +204,20 @@ class Dialogues:
 
 
 def _summary(history: list[dict]) -> dict:
+    from rebelflow.ml.driver import curve
+
     first, last = history[0], history[-1]
     validated = [h for h in history if "val_score" in h]
-    keys = ("iteration", "score", "reward", "kl", "penalty_rate", "loss", "val_score", "lr")
     return {
         "iterations": len(history),
         "updates": sum(h["updates"] for h in history),
         "first score": round(first["score"], 5),
         "last score": round(last["score"], 5),
         "last kl": round(last["kl"], 5),
+        "last penalty rate": round(last["penalty_rate"], 5),
         "first val_score": round(validated[0]["val_score"], 5) if validated else None,
         "last val_score": round(validated[-1]["val_score"], 5) if validated else None,
-        "curve": [{k: round(h[k], 5) if isinstance(h.get(k), float) else h.get(k) for k in keys if k in h}
-                  for h in history],
+        "curve": curve(history, ("iteration", "score", "reward", "kl", "penalty_rate", "loss", "val_score", "lr")),
     }
 
 

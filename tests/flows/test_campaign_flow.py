@@ -251,3 +251,35 @@ def test_wandb_offline_tracking_logs_training_updates_and_round_evaluation(tmp_p
     assert b"val_loss" in runs["tracked-r1-train"] and b"tokens_per_second" in runs["tracked-r1-train"]
     assert b"win_rate" in runs["tracked-r1-evaluate"]
     assert all(b"rebelflow-test" in blob for blob in blobs)
+
+
+def test_online_rounds_show_their_iteration_curves_in_plan_history_and_the_summary(tmp_path, prompts_file):
+    """An online round's per-iteration curves (score, KL, no-end rate, validation) reach `plan`, `history`,
+    the campaign's summary.json and online.png (which the UI's campaign page inlines)."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: online-curves\nprompts: {{source: {prompts_file}, id_column: id}}\nrounds: 2\n"
+        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "generate: {max_new_tokens: 6}\ntrain: {launcher: {kind: inprocess}}\n"
+        "online: {iterations: 3, prompts_per_iteration: 4, minibatch_pairs: 2, validate_every: 2, validation_prompts: 2}\n"
+        f"evaluate: {{prompts: {{source: {prompts_file}, id_column: id, per_round: 4}}, n: 2, max_new_tokens: 6}}\n"
+    )
+    store = str(tmp_path / "store")
+    runner = CliRunner()
+    before = json.loads(runner.invoke(app, ["plan", str(cfg_file), "--store", store, "--json"]).output)
+    assert [r["note"] for r in before if r["stage"] == "online"] == ["3 iterations: 4 prompts × 2 samples, 8 updates each"] * 2
+    result = runner.invoke(app, ["run", str(cfg_file), "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "online iterations: online.png" in result.output
+    after = json.loads(runner.invoke(app, ["plan", str(cfg_file), "--store", store, "--json"]).output)
+    notes = [r["note"] for r in after if r["stage"] == "online"]
+    assert len(notes) == 2 and all(n.startswith("3 iterations: score ") and " KL " in n and " val " in n for n in notes)
+    summary = json.loads((Path(store) / "campaigns/online-curves/summary.json").read_text())
+    assert [(r["round"], r["iteration"], r["step"]) for r in summary["online"]] == [
+        (1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 1, 4), (2, 2, 5), (2, 3, 6)]
+    assert all(r.get("val_score") is not None for r in summary["online"] if r["iteration"] in (2, 3))
+    assert (Path(store) / "campaigns/online-curves/online.png").stat().st_size > 1000
+    rounds = {r["name"]: r for r in read_history(50)}
+    online = next(t for t in rounds["online-curves-round-2"]["tasks"] if t["name"] == "online-r2")
+    assert online["curve"] == notes[1]
