@@ -33,8 +33,10 @@ def load_causal_lm(path: str, dtype: str, attn: str = "sdpa", revision: str | No
 
 
 def set_trainable(model, trainable: str | int, lora=None):
-    """Train all parameters, only the top k decoder layers, or LoRA adapters (peft; `lora` holds r, alpha,
-    dropout and target modules). Returns (the model to train, the number of its trainable parameters)."""
+    """Train all parameters, only the top k decoder layers (with the final norm, and the LM head when it is
+    not tied to the embeddings, as the papers' chat scripts freeze only the layers below and the
+    embeddings), or LoRA adapters (peft; `lora` holds r, alpha, dropout and target modules). Returns (the
+    model to train, the number of its trainable parameters)."""
     if trainable == "lora":
         from peft import get_peft_model
 
@@ -49,9 +51,13 @@ def set_trainable(model, trainable: str | int, lora=None):
             raise ConfigError(f"[train.trainable] {trainable} top layers asked, the model has {len(layers)}.")
         for p in model.parameters():
             p.requires_grad_(False)
-        for layer in layers[-trainable:]:
-            for p in layer.parameters():
-                p.requires_grad_(True)
+        embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+        norm = next((getattr(model.get_decoder(), n) for n in ("norm", "final_layer_norm", "ln_f")
+                     if hasattr(model.get_decoder(), n)), None)
+        for module in [*layers[-trainable:], *([norm] if norm is not None else []), model.get_output_embeddings()]:
+            for p in module.parameters():
+                if id(p) not in embeddings:  # a tied LM head is the embedding matrix: it stays frozen
+                    p.requires_grad_(True)
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

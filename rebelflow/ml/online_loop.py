@@ -96,6 +96,7 @@ class Optimization:
     eps: float
     weight_decay: float
     max_grad_norm: float | None
+    micro_batch_pairs: int  # pairs per forward/backward; a minibatch's gradient accumulates over them
     temperature: float  # sampling temperature; logprobs use the same scaling
     warmup_ratio: float
     total_updates: int  # over the whole campaign (the schedule anneals across rounds)
@@ -231,9 +232,9 @@ class OnlineLoop:
                 "val_ended": sum(r["has_end"] for r in rows) / max(1, len(rows))}
 
     def _logps(self, logps, rows: list[dict]) -> torch.Tensor:
-        """logps(ids, masks, temperature, pad) over the rows in chunks of a minibatch's responses."""
+        """logps(ids, masks, temperature, pad) over the rows in chunks of a micro-batch's responses."""
         return torch.cat([logps([r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature, self.pad)
-                          for c in split(rows, self.cfg.minibatch_pairs * 2)])
+                          for c in split(rows, self.opt.micro_batch_pairs * 2)])
 
     def regress(self, rows: list[dict], iteration: int) -> dict[str, float]:
         """`epochs_per_iteration` passes over the iteration's pairs (a fresh seeded permutation each), one
@@ -257,8 +258,15 @@ class OnlineLoop:
         return out
 
     def _update(self, minibatch: list[dict]) -> dict[str, float]:
-        loss, metrics = pair_loss(self.model, minibatch, self.opt.eta, self.opt.temperature, self.pad)
-        self.accelerator.backward(loss)
+        """One optimizer update on a minibatch, its gradient accumulated over micro-batches (the loss is a
+        mean over pairs, so each micro-batch's mean is weighted by its share of the minibatch)."""
+        metrics: dict[str, float] = {}
+        for chunk in split(minibatch, self.opt.micro_batch_pairs):
+            loss, got = pair_loss(self.model, chunk, self.opt.eta, self.opt.temperature, self.pad)
+            share = len(chunk) / len(minibatch)
+            self.accelerator.backward(loss * share)
+            for k, v in got.items():
+                metrics[k] = metrics.get(k, 0.0) + v * share
         if self.opt.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.opt.max_grad_norm)
         self.optimizer.step()

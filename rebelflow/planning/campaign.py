@@ -155,7 +155,7 @@ def _online_settings(cfg: RunConfig, k: int) -> online.Settings:
     return online.Settings(
         online=cfg.online, reward=cfg.reward, reward_identity=reward_identity(cfg.reward), eta=t.eta, lr=t.lr,
         betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        warmup_ratio=t.warmup_ratio, trainable=t.trainable, lora=t.lora, dtype=t.dtype,
+        micro_batch_pairs=t.micro_batch_pairs, warmup_ratio=t.warmup_ratio, trainable=t.trainable, lora=t.lora, dtype=t.dtype,
         attn_implementation=cfg.logprobs.attn_implementation, temperature=cfg.generate.temperature,
         top_p=cfg.generate.top_p, max_new_tokens=cfg.generate.max_new_tokens,
         total_updates=cfg.rounds * per_round, first_update=(k - 1) * per_round, seed=t.seed,

@@ -26,7 +26,7 @@ from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.chat import prompt_ids, tokenize_reply, turn_positions
 from rebelflow.ml.distributed import finish_distributed, make_accelerator
 from rebelflow.ml.driver import write_model
-from rebelflow.ml.models import load_causal_lm, set_trainable
+from rebelflow.ml.models import device, load_causal_lm, set_trainable
 from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn
 from rebelflow.ml.reference import make_reference
 from rebelflow.ml.tracking import Tracker
@@ -63,6 +63,7 @@ class Settings(Section):
     eps: float
     weight_decay: float
     max_grad_norm: float | None
+    micro_batch_pairs: int
     warmup_ratio: float
     trainable: str | int
     lora: LoraConfig
@@ -139,6 +140,9 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     model, _ = set_trainable(model, settings.trainable, settings.lora)
     start = None if initial is None else load_causal_lm(store.model_path(initial), settings.dtype,
                                                         settings.attn_implementation, initial.revision)
+    # on the GPU before the reference copies its layers and the engine binds the model
+    model = model.to(device())
+    start = None if start is None else start.to(device())
     reference = make_reference(model, settings.trainable, start)
     engine = HFEngine.resident(model, tokenizer)
     reward = load_reward(settings.reward)

@@ -37,7 +37,7 @@ class Shards:
         self.rows[i] = json.loads(json.dumps(rows))
 
 
-def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0):
+def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0, micro=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
@@ -53,7 +53,7 @@ def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0):
         return [reward(messages, response) for messages, response in items]
 
     opt = Optimization(eta=2.0, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
-                       temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
+                       micro_batch_pairs=micro or cfg.minibatch_pairs, temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
                        first_update=0)
     return OnlineLoop(cfg, opt, make_accelerator(1, cfg.minibatch_pairs), model, tokenizer,
                       make_reference(model, "all"), SingleTurn(sample, tokenizer, engine.eot, cfg.samples_per_prompt),
@@ -110,3 +110,14 @@ def test_a_reward_failing_for_many_replies_stops_the_round(tiny_policy, tmp_path
     with pytest.raises(DataError, match=r"online iteration 1: \d+ of 8 rewards are invalid, more than "
                                         r"score.max_invalid_fraction \(0.1\)"):
         loop.run(tmp_path / "ckpt", Shards(), say=lambda line: None)
+
+
+def test_micro_batches_accumulate_to_the_minibatch_update(tiny_policy, tmp_path):
+    """A minibatch split into micro-batches (train.micro_batch_pairs) takes the same update as in one piece."""
+    cfg = CFG.model_copy(update={"iterations": 2, "minibatch_pairs": 4})
+    whole, pieces = make_loop(tiny_policy, cfg), make_loop(tiny_policy, cfg, micro=1)
+    a = whole.run(tmp_path / "a", Shards(), say=lambda line: None)
+    b = pieces.run(tmp_path / "b", Shards(), say=lambda line: None)
+    assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-4)
+    for x, y in zip(whole.model.state_dict().values(), pieces.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

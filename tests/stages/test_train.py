@@ -58,15 +58,25 @@ def test_train_changes_parameters_and_lowers_the_loss(tmp_path, prompts_file, ti
     assert not (store.path(refs["train"]) / "checkpoints").exists()
 
 
-def test_top_k_layers_train_only_those(tmp_path, prompts_file, tiny_policy):
+def test_top_k_layers_train_only_those_with_the_final_norm_and_an_untied_head(tmp_path, prompts_file, tiny_policy):
+    """As the papers' chat scripts: everything below the top k layers and the embeddings stay frozen."""
     model = load_causal_lm(tiny_policy, "float32")
+    tied = model.config.tie_word_embeddings
     model, n = set_trainable(model, 1)
-    assert n == sum(p.numel() for p in model.model.layers[-1].parameters())
+    head = 0 if tied else model.lm_head.weight.numel()
+    assert n == sum(p.numel() for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters()]) + head
+    assert not model.get_input_embeddings().weight.requires_grad
+    untied = load_causal_lm(tiny_policy, "float32")
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    untied, _ = set_trainable(untied, 1)
+    assert untied.lm_head.weight.requires_grad and not untied.get_input_embeddings().weight.requires_grad
     cfg = make_config(tmp_path, prompts_file, train={"trainable": 1, "epochs": 2})
     store, refs, _ = run_round(cfg, tiny_policy, upto="train")
     before, after = weights(tiny_policy), weights(store.path(refs["train"]) / "model")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("model.layers.1.") for k in changed)
+    allowed = ("model.layers.1.", "model.norm.") + (() if tied else ("lm_head.",))
+    assert changed and all(k.startswith(allowed) for k in changed) and any(k.startswith("model.layers.1.") for k in changed)
 
 
 def test_lora_trains_adapters_and_saves_them_merged_into_plain_weights(tmp_path, prompts_file, tiny_policy):
