@@ -368,8 +368,12 @@ class RunConfig(Section):
             (self.dialogue is not None and self.online.forced_length,
              "online.forced_length applies to single replies; multi-turn rounds cut each reply at its own "
              "end-of-turn: remove online.forced_length or the dialogue section"),
-            (self.generate.engine != "hf", "online rounds sample with transformers inside the trainer (vLLM "
-                                           "colocated with it is not built yet): set generate.engine: hf"),
+            (self.generate.engine == "vllm" and not (self.train.launcher.env or self.train.launcher.python),
+             "an online round with generate.engine: vllm keeps the engine inside its training process, which must "
+             "run where vLLM is installed: set train.launcher: {kind: subprocess, env: vllm} (make vllm-env)"),
+            (self.generate.engine == "vllm" and self.generate.vllm.tensor_parallel_size > 1,
+             "an online round's vLLM engine runs in the training process, on its one GPU: set "
+             "generate.vllm.tensor_parallel_size: 1"),
             ((ranks or 1) > 1, "online rounds run in one training process for now: set train.launcher.num_processes: 1"),
             (self.stop_after not in ("train", "evaluate"), f"an online round trains as it samples, so stop_after "
                                                            f"'{self.stop_after}' cannot stop before it: set stop_after: train or evaluate"),

@@ -15,6 +15,9 @@ On the CPU build a prompt's prefill is never split across steps (chunked prefill
 step's token budget at least max_model_len): vLLM discards the token sampled after a partial prefill and winds the request's
 seeded generator back by its offset, which CPU generators do not have ("CPU Generator does not use
 offset"), so a large seeded batch killed the engine. Unsplit prefills keep every seed's meaning.
+
+An online round keeps one engine in its training process (`in_process`) and pushes the updated weights into
+it after every iteration (`push`, vLLM's in-place reload: only the trained tensors need to go).
 """
 
 from __future__ import annotations
@@ -44,11 +47,16 @@ def import_vllm():
 
 
 class VLLMEngine:
-    def __init__(self, model: str, dtype: str = "float32", revision: str | None = None, cfg: VLLMConfig | None = None):
+    def __init__(self, model: str, dtype: str = "float32", revision: str | None = None, cfg: VLLMConfig | None = None,
+                 in_process: bool = False):
+        """`in_process`: the engine core and its worker run in this process (an online round's trainer), so
+        `push` hands tensors over without copying them through another process."""
         cfg = cfg or VLLMConfig()
         import torch
         from transformers import AutoTokenizer
 
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         vllm = import_vllm()
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
@@ -62,6 +70,13 @@ class VLLMEngine:
             **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
         )
         self.max_len = self.llm.llm_engine.model_config.max_model_len
+
+    def push(self, weights) -> None:
+        """Load `weights` ((name, tensor) pairs with the HF checkpoint's names, any subset of the model's)
+        into the running engine, as vLLM reloads a checkpoint in place, and drop cached prefixes computed
+        with the old ones. The engine must run in this process (`in_process`)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMSampling

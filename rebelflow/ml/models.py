@@ -61,6 +61,23 @@ def set_trainable(model, trainable: str | int, lora=None):
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def engine_weights(model, trainable: str | int) -> list[tuple]:
+    """What an inference engine holding the starting weights needs after an update, under the base model's
+    checkpoint names: the parameters that train (top k layers, norm, head), each LoRA-adapted weight with
+    its adapters merged in (computed, not merged in place, so the trained weights never drift), or all."""
+    if trainable == "lora":
+        from peft.tuners.lora import LoraLayer
+
+        out = []
+        for name, module in model.get_base_model().named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.get_base_layer().weight
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+                out.append((f"{name}.weight", (weight + delta).detach()))
+        return out
+    return [(n, p.detach()) for n, p in model.named_parameters() if trainable == "all" or p.requires_grad]
+
+
 def peft_config(lora):
     from peft import LoraConfig
 

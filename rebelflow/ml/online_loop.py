@@ -110,12 +110,15 @@ def updates_per_iteration(cfg: OnlineConfig) -> int:
 class OnlineLoop:
     def __init__(self, cfg: OnlineConfig, opt: Optimization, accelerator, model, tokenizer, reference,
                  rollouts: Rollouts, score: Scorer, prompts: list[dict], validation: list[dict] = (),
-                 max_invalid_fraction: float = 1.0):
-        """`prompts` and `validation`: prompts rows (`messages`, and what the rollouts read besides)."""
+                 max_invalid_fraction: float = 1.0, after_update: Callable[[], None] | None = None):
+        """`prompts` and `validation`: prompts rows (`messages`, and what the rollouts read besides).
+        `after_update` runs whenever the weights changed before the next sampling (after each iteration's
+        regression and after a resume): an engine outside the model takes the new weights there."""
         self.cfg, self.opt, self.accelerator, self.tokenizer = cfg, opt, accelerator, tokenizer
         self.reference, self.rollouts, self.score, self.prompts = reference, rollouts, score, prompts
         self.validation = list(validation)[: cfg.validation_prompts]
         self.max_invalid_fraction = max_invalid_fraction
+        self.after_update = after_update or (lambda: None)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_ids(tokenizer)[0]
         optimizer = adamw(model, 1.0, opt.betas, opt.eps, opt.weight_decay)  # lr set per update by the schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
@@ -149,6 +152,8 @@ class OnlineLoop:
 
         checkpoints = Checkpoints(self.accelerator, checkpoint_dir, self.cfg.checkpoint_every)
         start, history = self._resume(checkpoints, say)
+        if start:
+            self.after_update()
         order = self.prompt_order()
         for it in tqdm(range(start, self.cfg.iterations), initial=start, total=self.cfg.iterations,
                        desc="online iterations", unit="iteration"):
@@ -160,6 +165,7 @@ class OnlineLoop:
                 rows = self.rollout(batch, it)
                 shards.write(it, rows)
             row = {"iteration": it + 1, **rollout_metrics(rows), **self.regress(rows, it)}
+            self.after_update()
             if self.kl is not None:
                 row["kl_coef"] = self.kl.update(row["kl"], len(rows))
             if self.validation and ((it + 1) % self.cfg.validate_every == 0 or it + 1 == self.cfg.iterations):

@@ -178,8 +178,12 @@ def rehearse_sizes(r: Rehearsal, cfg: RunConfig) -> None:
                   ("online.samples_per_prompt", o.samples_per_prompt, 2), ("online.minibatch_pairs", o.minibatch_pairs, 2),
                   ("online.checkpoint_every", o.checkpoint_every, 2), ("online.validate_every", o.validate_every, 2),
                   ("online.validation_prompts", o.validation_prompts, 4)]
-    for key, value, cap in sizes:
-        r.shrink(key, value, cap)
+    if isinstance(cfg.train.trainable, int):
+        sizes.append(("train.trainable", cfg.train.trainable, 1,
+                      "the stand-ins have 2 layers: the top one trains, the one below stays frozen (and shared with "
+                      "the reference of online rounds)"))
+    for key, value, cap, *why in sizes:
+        r.shrink(key, value, cap, *why)
     rehearse_sft(r, cfg, per_update)
 
 

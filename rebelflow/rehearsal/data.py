@@ -64,7 +64,10 @@ def prompt_rows(count: int, prompt_column: str | None, messages_column: str | No
             if first_turn_only:  # a recorded dialogue: only its first user turn is kept
                 messages += [{"role": "assistant", "content": say(1)}, {"role": "user", "content": say(1)}]
             row[messages_column] = messages
-        if turns_column:
+        if turns_column and turns_column == messages_column:  # one recorded dialogue holds the later user turns
+            row[turns_column] = [row[turns_column][0]] + [
+                {"role": role, "content": say(1)} for _ in range(later_turns) for role in ("assistant", "user")]
+        elif turns_column:
             row[turns_column] = [say(1) for _ in range(later_turns)]
         rows.append(row)
     return rows

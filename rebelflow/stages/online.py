@@ -1,7 +1,8 @@
 """online: one online round (REBEL's online experiments, REFUEL setting two) as one resident stage —
 `online.iterations` iterations of sample → score → KL-shaped reward → regression passes, with the policy, its reference and
 the reward model loaded once (ml.online_loop). Sampling is transformers generation inside the training
-process on the weights being trained. With a dialogue section each prompt gives two dialogues branched at
+process on the weights being trained, or (generate.engine: vllm) a vLLM engine in the same process that
+takes the updated weights after every iteration. With a dialogue section each prompt gives two dialogues branched at
 a turn h (REFUEL setting two, user turns from the data): the trained reply is turn h's, the reward the
 whole dialogue's.
 
@@ -20,13 +21,13 @@ import pyarrow as pa
 import torch
 
 from rebelflow.config.base import Section
-from rebelflow.config.campaign import LoraConfig, RewardConfig
+from rebelflow.config.campaign import VLLM_SPEED_ONLY, LoraConfig, RewardConfig, VLLMConfig
 from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.chat import prompt_ids, tokenize_reply, turn_positions
 from rebelflow.ml.distributed import finish_distributed, make_accelerator
 from rebelflow.ml.driver import write_model
-from rebelflow.ml.models import device, load_causal_lm, set_trainable
+from rebelflow.ml.models import device, engine_weights, load_causal_lm, set_trainable
 from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn
 from rebelflow.ml.reference import make_reference
 from rebelflow.ml.tracking import Tracker
@@ -48,7 +49,7 @@ SCHEMA = pa.schema([
 class Settings(Section):
     # validation and checkpoints cannot change the weights
     UNHASHED: ClassVar[dict] = {
-        "tracking": True, "max_invalid_fraction": True,
+        "tracking": True, "max_invalid_fraction": True, "vllm": VLLM_SPEED_ONLY,
         "online": {"validate_every": True, "validation_prompts": True, "validation_temperature": True,
                    "checkpoint_every": True},
         "dialogue": {**generate_dialogues.Settings.UNHASHED, "shard_size": True},
@@ -72,6 +73,9 @@ class Settings(Section):
     temperature: float
     top_p: float
     max_new_tokens: int
+    engine: str = "hf"  # hf: transformers on the trained model; vllm: an engine in this process, weights pushed
+    vllm: VLLMConfig = VLLMConfig()
+    generate_dtype: str = "float32"  # the vLLM engine's
     total_updates: int  # the campaign's, so the schedule anneals across rounds
     first_update: int
     seed: int
@@ -144,7 +148,12 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     model = model.to(device())
     start = None if start is None else start.to(device())
     reference = make_reference(model, settings.trainable, start)
-    engine = HFEngine.resident(model, tokenizer)
+    if settings.engine == "vllm":  # colocated: one engine in this process, the trained weights pushed into it
+        from rebelflow.engines.vllm import VLLMEngine
+
+        engine = VLLMEngine(path, settings.generate_dtype, policy.revision, settings.vllm, in_process=True)
+    else:
+        engine = HFEngine.resident(model, tokenizer)
     reward = load_reward(settings.reward)
 
     def sample(convs, n, seed, temperature):
@@ -165,6 +174,8 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     accelerator = make_accelerator(1, settings.online.minibatch_pairs)
     loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, rollouts, score,
                       conversations, held_out, settings.max_invalid_fraction)
+    if settings.engine == "vllm":
+        loop.after_update = lambda: engine.push(engine_weights(accelerator.unwrap_model(loop.model), settings.trainable))
     return loop, tokenizer, path
 
 

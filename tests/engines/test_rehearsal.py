@@ -1,6 +1,7 @@
 """Every shipped GPU preset rehearsed end to end on CPU through the command line a user types, with the
-preset's own stages, engines, launchers and ZeRO configs: the reward-model presets in the deepspeed tier,
-the campaign presets (vLLM generation) in the vllm tier. Each prints its wall time for the closing notes."""
+preset's own stages, engines, launchers and ZeRO configs: the reward-model and online presets in the
+deepspeed tier, the campaign presets (vLLM generation) in the vllm tier. Each prints its wall time for the
+closing notes."""
 
 from __future__ import annotations
 
@@ -67,4 +68,28 @@ def test_the_campaign_presets_rehearse_end_to_end(tmp_path, preset):
     assert {r["round"] for r in rows} == {0, 1, 2}
     summary = json.loads(next((store / "campaigns").glob("*/summary.json")).read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert_store_verifies(store)
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("preset", ["rebel-chat-llama3-online.yaml", "refuel-hh-online.yaml",
+                                    "refuel-ultrainteract-online.yaml"])
+def test_the_online_presets_rehearse_end_to_end(tmp_path, preset):
+    """Two online rounds each through the accelerate launcher: a top-layer-trained tiny Llama-3 with its
+    frozen-top-layers reference, a tiny FsfairX-style classifier, checkpoints and validations; REFUEL
+    setting two's dialogues from the data's user turns, evaluated per turn. Afterwards every stage is cached
+    and the plan notes each online round's curves."""
+    store = tmp_path / "store"
+    rehearse("run", preset, store)
+    plan = subprocess.run([*CLI, "plan", str(REPO / "configs" / preset), "--rehearse", "--store", str(store), "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rows = json.loads(plan.stdout)
+    assert rows and all(r["status"] == "cached" for r in rows)
+    online = [r for r in rows if r["stage"] == "online"]
+    assert [r["round"] for r in online] == [1, 2] and all(" val " in r["note"] for r in online)
+    summary = json.loads(next((store / "campaigns").glob("*/summary.json")).read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2] and len(summary["online"]) == 8
+    if "refuel" in preset:
+        assert all(len(r["win_rate_by_turn"]) == 5 for r in summary["rounds"])
     assert_store_verifies(store)

@@ -1,0 +1,81 @@
+"""vLLM colocated with the trainer of an online round (vllm tier, CPU build): after an update is pushed into
+the engine its greedy tokens equal transformers' greedy tokens of the updated policy — top-k training and
+LoRA (merged) alike — and a whole online round samples with an engine in its own training process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, make_config
+from tests.engines.test_vllm import VLLM, VLLM_PYTHON, policy, vllm_env  # noqa: F401  (fixtures)
+from tests.stages.helpers import run_round
+
+pytestmark = pytest.mark.vllm
+
+PUSH = r"""
+import json, sys, torch
+from rebelflow.config.campaign import LoraConfig
+from rebelflow.config.engines import VLLMConfig
+from rebelflow.engines.base import SamplingParams
+from rebelflow.engines.hf import HFEngine
+from rebelflow.engines.vllm import VLLMEngine
+from rebelflow.ml.models import engine_weights, load_causal_lm, set_trainable
+
+path = sys.argv[1]
+engine = VLLMEngine(path, "float32", cfg=VLLMConfig(**json.loads(sys.argv[2])), in_process=True)
+prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(8)]
+greedy = SamplingParams(1, 0.0, 1.0, 12, 0)
+
+def tokens(e):
+    return [c[0].token_ids for c in e.generate(prompts, greedy)]
+
+out = {"start": tokens(engine)}
+for trainable in (1, "lora"):
+    model, _ = set_trainable(load_causal_lm(path, "float32"), trainable, LoraConfig(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(7)
+    with torch.no_grad():  # what updates of the trained parameters do
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    want = tokens(HFEngine.resident(model.eval(), engine.tokenizer))
+    engine.push(engine_weights(model, trainable))
+    out[str(trainable)] = {"vllm": tokens(engine), "hf": want, "pushed": len(engine_weights(model, trainable))}
+    engine.push(engine_weights(load_causal_lm(path, "float32"), "all"))  # back to the start for the next case
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_pushed_weights_give_the_greedy_tokens_of_the_updated_policy(policy):  # noqa: F811
+    done = subprocess.run([str(VLLM_PYTHON), "-c", PUSH, policy, json.dumps(VLLM)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.split("RESULT ", 1)[1])
+    for case in ("1", "lora"):
+        assert out[case]["vllm"] == out[case]["hf"], case
+        assert out[case]["hf"] != out["start"], f"{case}: the update must change the greedy tokens to prove anything"
+    assert out["1"]["pushed"] == 9 + 1  # the top layer's 9 tensors and the final norm (a tied head is the embeddings)
+
+
+def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, prompts_file, policy):  # noqa: F811
+    launcher = {"kind": "subprocess", "env": "vllm"}
+    cfg = make_config(
+        tmp_path, prompts_file, policy={"model": policy}, stop_after="train",
+        generate={"engine": "vllm", "vllm": VLLM, "max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
+        online={"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 2, "checkpoint_every": 2,
+                "validate_every": 3, "validation_prompts": 4},
+        train={"launcher": launcher, "trainable": 1, "lr": 1e-2, "eta": 1.0},
+        evaluate={"prompts": {"source": str(prompts_file), "id_column": "id", "per_round": 4}, "n": 2,
+                  "max_new_tokens": 8, "launcher": launcher},
+    )
+    store, refs, _ = run_round(cfg, policy, upto="evaluate")
+    rows = store.read_rows(refs["online"])
+    assert len(rows) == 3 * 4 * 2 and {r["iteration"] for r in rows} == {1, 2, 3}
+    assert "vllm" in (store.root / "logs" / f"{refs['online'].id}.log").read_text().lower()
+    assert all(abs(r["kl"]) < 1e-4 for r in rows if r["iteration"] == 1)  # π_old is the reference at first
+    assert any(abs(r["kl"]) > 1e-3 for r in rows if r["iteration"] == 3)  # the pushed policy moved away from it
+    metrics = [json.loads(line) for line in (store.path(refs["online"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3] and "val_score" in metrics[-1]
+    assert store.is_complete(refs["evaluate"])  # the round's policy evaluated against the starting one
