@@ -74,6 +74,9 @@ class PolicyConfig(Section):
     model: str = Field("tiny", description='"tiny" (built offline), a local model folder or a Hub model id')
     revision: str | None = None
     tiny: TinyModelConfig = TinyModelConfig()
+    chat_template: str | None = Field(
+        None, description="in place of the model's own: 'plain' (the prompt's text, the reply after it, EOS: a "
+                          "model without a chat format, e.g. REBEL's TL;DR policy) or a Jinja chat template")
 
 
 class PromptsConfig(Section):
@@ -123,8 +126,22 @@ class GenerateConfig(Section):
     launcher: LauncherConfig = LauncherConfig()
 
 
+class ValueHeadConfig(Section):
+    """A reward model saved as a backbone plus a linear value head in one checkpoint, loaded from its files
+    (no model class of its own in transformers): REBEL's TL;DR reward model (`lm_backbone.`, `scalar_head`,
+    the backbone's config under `base_config`, a `bias` subtracted) or Starling-RM (`transformer.`,
+    `v_head`, a Llama-2 config)."""
+
+    backbone_prefix: str = Field(..., description="the checkpoint's prefix of the backbone tensors, e.g. 'lm_backbone.'")
+    head: str = Field(..., description="the head's name in the checkpoint: <head>.weight (and <head>.bias if it has one)")
+    config: str = Field(
+        "self", description="the backbone's architecture: 'self' (the checkpoint's config.json), a key of that "
+                            "config.json holding it (e.g. 'base_config'), or a model folder / Hub id whose config it is")
+    bias: float | str | None = Field(None, description="subtracted from every score: a number or a config.json key")
+
+
 class RewardConfig(Section):
-    backend: Literal["rule", "classifier", "armorm"] = "rule"
+    backend: Literal["rule", "classifier", "armorm", "value_head"] = "rule"
     function: str | None = Field(None, description="rule: module:function or path/to/file.py:function")
     model: str | None = Field(None, description="classifier/armorm: a local folder or Hub id")
     artifact: str | None = Field(
@@ -133,6 +150,11 @@ class RewardConfig(Section):
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="run the model's own Python code (armorm needs it)")
     pad_token: str | None = Field(None, description="classifier: a vocabulary token to pad with")
+    tokenizer: str | None = Field(None, description="where the tokenizer is when the model's folder has none")
+    chat_template: str | None = Field(
+        None, description="how (prompt, reply) becomes the reward model's text, in place of its tokenizer's "
+                          "template: 'plain' (prompt text, reply, EOS) or a Jinja chat template")
+    value_head: ValueHeadConfig | None = Field(None, description="value_head: how the checkpoint is laid out")
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(4096, ge=8)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -143,6 +165,9 @@ class RewardConfig(Section):
             raise ValueError("backend 'rule' needs function: 'module:function' (called with messages, response).")
         if self.backend == "rule" and ":" not in self.function:
             raise ValueError(f"function {self.function!r} must look like 'module:function' or 'file.py:function'.")
+        if self.backend == "value_head" and not (self.model and self.value_head):
+            raise ValueError("backend 'value_head' needs model (the checkpoint's folder or Hub id) and value_head: "
+                             "{backbone_prefix, head, config, bias}.")
         if self.backend in ("classifier", "armorm") and not (self.model or self.artifact):
             raise ValueError(
                 f"backend '{self.backend}' needs model: a local folder or Hub id of a reward model (or, for "

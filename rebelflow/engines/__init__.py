@@ -25,17 +25,18 @@ __all__ = ["ENGINES", "Completion", "Engine", "Message", "SamplingParams", "comp
 
 def load_engine(
     kind: str, model: str, dtype: str = "float32", revision: str | None = None,
-    vllm: VLLMConfig | None = None, openai: OpenAIConfig | None = None,
+    vllm: VLLMConfig | None = None, openai: OpenAIConfig | None = None, chat_template: str | None = None,
 ) -> Engine:
+    """`chat_template`: in place of the model's own (policy.chat_template)."""
     if kind == "hf":
         from rebelflow.engines.hf import HFEngine
 
-        return HFEngine(model, dtype=dtype, revision=revision)
+        return HFEngine(model, dtype=dtype, revision=revision, chat_template=chat_template)
     if kind == "vllm":
         from rebelflow.config.campaign import VLLMConfig
         from rebelflow.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model, dtype=dtype, revision=revision, cfg=vllm or VLLMConfig())
+        return VLLMEngine(model, dtype=dtype, revision=revision, cfg=vllm or VLLMConfig(), chat_template=chat_template)
     if kind == "openai":
         from rebelflow.engines.openai_compat import OpenAIEngine
 

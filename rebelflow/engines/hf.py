@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 
 from rebelflow.engines.base import Completion, Message, SamplingParams, completion, sample_seed
-from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
+from rebelflow.ml.chat import end_of_turn_ids, prompt_ids, with_template
 from rebelflow.ml.models import DTYPES
 
 
 class HFEngine:
-    def __init__(self, model: str, dtype: str = "float32", revision: str | None = None):
+    def __init__(self, model: str, dtype: str = "float32", revision: str | None = None, chat_template: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        tokenizer = with_template(AutoTokenizer.from_pretrained(model, revision=revision), chat_template)
         loaded = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=DTYPES[dtype])
         self._use(loaded.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer)
 

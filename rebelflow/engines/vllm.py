@@ -28,7 +28,7 @@ import os
 from rebelflow.config.campaign import VLLMConfig
 from rebelflow.config.errors import ConfigError
 from rebelflow.engines.base import Completion, Message, SamplingParams, completion, sample_seed
-from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
+from rebelflow.ml.chat import end_of_turn_ids, prompt_ids, with_template
 
 log = logging.getLogger("rebelflow.engines.vllm")
 
@@ -48,7 +48,7 @@ def import_vllm():
 
 class VLLMEngine:
     def __init__(self, model: str, dtype: str = "float32", revision: str | None = None, cfg: VLLMConfig | None = None,
-                 in_process: bool = False):
+                 in_process: bool = False, chat_template: str | None = None):
         """`in_process`: the engine core and its worker run in this process (an online round's trainer), so
         `push` hands tensors over without copying them through another process."""
         cfg = cfg or VLLMConfig()
@@ -60,7 +60,7 @@ class VLLMEngine:
         vllm = import_vllm()
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
-        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        self.tokenizer = with_template(AutoTokenizer.from_pretrained(model, revision=revision), chat_template)
         self.eot = end_of_turn_ids(self.tokenizer)
         self.llm = vllm.LLM(
             model=model, tokenizer=model, revision=revision, dtype=dtype, seed=0,

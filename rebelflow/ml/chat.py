@@ -16,7 +16,35 @@ from rebelflow.config.errors import DataError
 Message = dict[str, str]
 
 # End-of-turn tokens of common chat templates, used when the tokenizer's EOS is something else.
-_EOT_NAMES = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+_EOT_NAMES = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>", "<|endoftext|>", "</s>")
+
+
+# A model without a chat format (a base or plain SFT model, e.g. REBEL's Pythia TL;DR policy): the prompt's
+# text as it is, the reply right after it, closed by EOS. `chat_template: plain` in the policy or reward section.
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+)
+
+
+def template_text(chat_template: str) -> str:
+    """`plain` or a Jinja chat template as it is."""
+    return PLAIN_TEMPLATE if chat_template == "plain" else chat_template
+
+
+def with_template(tokenizer: Any, chat_template: str | None) -> Any:
+    """The tokenizer with `chat_template` (when set) in place of its own."""
+    if chat_template is not None:
+        tokenizer.chat_template = template_text(chat_template)
+    return tokenizer
+
+
+def policy_tokenizer(path: str, policy: Any) -> Any:
+    """The tokenizer of a policy (an ArtifactRef): from its folder, with the campaign's chat template when
+    the policy is an external model that names one (a trained policy saved it with its tokenizer)."""
+    from transformers import AutoTokenizer
+
+    return with_template(AutoTokenizer.from_pretrained(path, revision=policy.revision), policy.chat_template)
 
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
@@ -33,7 +61,8 @@ def render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool)
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
             f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'the policy')} has no chat template. "
-            "Use an instruct/chat model, or set tokenizer.chat_template before saving it."
+            "Use an instruct/chat model, or set policy.chat_template (reward.chat_template for a reward model): "
+            "`plain` for a model that continues the prompt's text, or a Jinja chat template."
         )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 

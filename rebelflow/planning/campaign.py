@@ -62,7 +62,7 @@ def baseline(cfg: RunConfig) -> Baseline:
         out.jobs.append(make_job(tiny_model, 0, cfg.policy.tiny, []))
         out.policy = out.jobs[-1].ref
     else:
-        out.policy = external_model(cfg.policy.model, cfg.policy.revision)
+        out.policy = external_model(cfg.policy.model, cfg.policy.revision, cfg.policy.chat_template)
     if cfg.sft is not None:
         settings = sft.Settings(**cfg.sft.model_dump(), data_identity=data_identity(cfg.sft.data, cfg.sft.split),
                                 tracking=run_info(cfg.tracking, cfg.store.root, cfg.campaign, f"{cfg.campaign}-sft", "sft"))

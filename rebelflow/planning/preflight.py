@@ -128,9 +128,10 @@ def check_prompt_lengths(cfg: RunConfig, rows: list[dict], sample: int = 64) -> 
         return
     from transformers import AutoTokenizer
 
-    from rebelflow.ml.chat import prompt_ids
+    from rebelflow.ml.chat import prompt_ids, with_template
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.policy.model, revision=cfg.policy.revision)
+    tokenizer = with_template(AutoTokenizer.from_pretrained(cfg.policy.model, revision=cfg.policy.revision),
+                              cfg.policy.chat_template)
     lengths = [len(prompt_ids(tokenizer, row["messages"])) for row in rows[:sample]]
     too_long = sum(n > cfg.prepare.max_prompt_tokens for n in lengths)
     if lengths and too_long == len(lengths):

@@ -35,6 +35,8 @@ def note_model(r: Rehearsal, key: str, source: str, made, what: str = "model") -
 def reward_kind(backend: str) -> str:
     if backend == "armorm":
         return "ArmoRM stand-in (its own code, loaded with trust_remote_code; gated multi-objective head)"
+    if backend == "value_head":
+        return "backbone + value head checkpoint, laid out as reward.value_head says"
     return "sequence classifier"
 
 
@@ -45,9 +47,14 @@ def rehearse_reward(r: Rehearsal, key: str, reward) -> None:
     if reward is None or reward.backend == "rule" or reward.artifact:
         return
     extra = (reward.pad_token,) if reward.pad_token else ()
-    made = models.stand_in(reward.backend if reward.backend == "armorm" else "classifier", reward.model,
-                           r.inputs / "models", "reward", 2, reward.dtype, extra)
+    kind = reward.backend if reward.backend in ("armorm", "value_head") else "classifier"
+    made = models.stand_in(kind, reward.model, r.inputs / "models", "reward", 2, reward.dtype, extra, reward.value_head)
     note_model(r, f"{key}.model", reward.model, made, reward_kind(reward.backend))
+    if reward.tokenizer is not None:
+        r.set(f"{key}.tokenizer", str(made), "the stand-in's own tokenizer", old=reward.tokenizer)
+    if reward.value_head is not None and "/" in reward.value_head.config:
+        r.set(f"{key}.value_head.config", "self", "the stand-in's config.json is its backbone's",
+              old=reward.value_head.config)
 
 
 def rehearse_models(r: Rehearsal, cfg: RunConfig) -> None:

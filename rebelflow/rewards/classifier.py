@@ -16,7 +16,7 @@ import torch
 from rebelflow.config.campaign import RewardConfig
 from rebelflow.config.errors import ConfigError
 from rebelflow.ml.batching import right_padded
-from rebelflow.ml.chat import encode, render
+from rebelflow.ml.chat import encode, render, with_template
 from rebelflow.ml.models import DTYPES, device
 from rebelflow.rewards.base import Message, Reward, checked
 
@@ -25,7 +25,9 @@ def load_tokenizer(cfg: RewardConfig):
     """The reward model's tokenizer with a real pad token (never EOS), or a ConfigError saying how to fix it."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = with_template(AutoTokenizer.from_pretrained(
+        cfg.tokenizer or cfg.model, revision=None if cfg.tokenizer else cfg.revision,
+        trust_remote_code=cfg.trust_remote_code), cfg.chat_template)
     if cfg.pad_token is not None:
         if cfg.pad_token not in tokenizer.get_vocab():
             raise ConfigError(f"[reward.pad_token] {cfg.pad_token!r} is not in the vocabulary of {cfg.model}.")

@@ -53,7 +53,8 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store:
     def sample(chunk: list[dict], advance: Callable[[int], object]) -> list[dict]:
         nonlocal engine, new_tokens
         engine = engine or load_engine(
-            settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm
+            settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm,
+            chat_template=policy.chat_template,
         )
         out = []
         for b in range(0, len(chunk), settings.batch_size):

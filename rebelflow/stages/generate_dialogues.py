@@ -180,7 +180,8 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *, store:
     def dialogues(chunk: list[dict], advance) -> list[dict]:
         nonlocal engine, user
         engine = engine or load_engine(
-            settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm
+            settings.engine, store.model_path(policy), settings.dtype, policy.revision, vllm=settings.vllm,
+            chat_template=policy.chat_template,
         )
         user = user or load_user(settings.user)
         return rollout(settings, chunk, engine, user)

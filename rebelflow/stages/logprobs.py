@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from rebelflow.config.campaign import LogprobsConfig
 from rebelflow.config.errors import ConfigError
 from rebelflow.ml.batching import batch_logps, pad_id_of
+from rebelflow.ml.chat import policy_tokenizer
 from rebelflow.ml.distributed import finish_distributed, make_accelerator, zero_stage
 from rebelflow.ml.models import hardware_fingerprint, load_causal_lm
 from rebelflow.stages.prepare import SCHEMA as PREPARE_SCHEMA
@@ -74,8 +75,6 @@ def compute(model, tokenizer, rows: list[dict], settings: Settings, rank: int = 
 
 def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
     from accelerate.utils import gather_object
-    from transformers import AutoTokenizer
-
     ref = artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
@@ -87,7 +86,7 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
             "logprobs (rebelflow run there, or a worker there), or set logprobs.launcher to this interpreter."
         )
     path = store.model_path(policy)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    tokenizer = policy_tokenizer(path, policy)
     model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
     accelerator = make_accelerator(1, settings.batch_pairs)
     if zero_stage(accelerator) == 3:  # partitioned weights for inference too; below 3 every rank holds them all

@@ -24,7 +24,7 @@ from rebelflow.config.base import Section
 from rebelflow.config.campaign import VLLM_SPEED_ONLY, LoraConfig, RewardConfig, VLLMConfig
 from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
-from rebelflow.ml.chat import prompt_ids, tokenize_reply, turn_positions
+from rebelflow.ml.chat import policy_tokenizer, prompt_ids, tokenize_reply, turn_positions
 from rebelflow.ml.distributed import finish_distributed, make_accelerator
 from rebelflow.ml.driver import write_model
 from rebelflow.ml.models import device, engine_weights, load_causal_lm, set_trainable
@@ -131,15 +131,13 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
 
 def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: ArtifactRef | None,
           conversations: list, held_out: list):
-    from transformers import AutoTokenizer
-
     from rebelflow.engines.base import SamplingParams
     from rebelflow.engines.hf import HFEngine
     from rebelflow.rewards import load_reward
 
     torch.manual_seed(settings.seed)
     path = store.model_path(policy)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    tokenizer = policy_tokenizer(path, policy)
     model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
     model, _ = set_trainable(model, settings.trainable, settings.lora)
     start = None if initial is None else load_causal_lm(store.model_path(initial), settings.dtype,
@@ -151,7 +149,8 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     if settings.engine == "vllm":  # colocated: one engine in this process, the trained weights pushed into it
         from rebelflow.engines.vllm import VLLMEngine
 
-        engine = VLLMEngine(path, settings.generate_dtype, policy.revision, settings.vllm, in_process=True)
+        engine = VLLMEngine(path, settings.generate_dtype, policy.revision, settings.vllm, in_process=True,
+                            chat_template=policy.chat_template)
     else:
         engine = HFEngine.resident(model, tokenizer)
     reward = load_reward(settings.reward)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from rebelflow.config.campaign import PrepareConfig
 from rebelflow.config.errors import DataError
-from rebelflow.ml.chat import tokenize_reply
+from rebelflow.ml.chat import policy_tokenizer, tokenize_reply
 from rebelflow.stages.prompts import MESSAGES
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
@@ -117,11 +117,9 @@ def write_pairs(settings: PrepareConfig, ref: ArtifactRef, version: int, scored:
     """The pair loop of prepare and prepare_dialogues: a pair (or a filter's name) per scored row, every
     drop counted, a seeded held-out `validation` split of `validation_pairs`; `extra(rows)` adds to the
     summary. Stops with a DataError naming the settings when too few pairs survive."""
-    from transformers import AutoTokenizer
-
     if store.is_complete(ref, quarantine=True):
         return ref
-    tokenizer = AutoTokenizer.from_pretrained(store.model_path(policy), revision=policy.revision)
+    tokenizer = policy_tokenizer(store.model_path(policy), policy)
     rows = store.read_rows(scored)
     pairs, dropped = [], Counter({reason: 0 for reason in filters})
     for row in tqdm(rows, desc=f"prepare {what}", unit=what.rstrip("s")):

@@ -32,7 +32,7 @@ from rebelflow.config.errors import DataError
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings, model_identity, sha256_file
 
-NAME, VERSION, KIND = "prompts", 4, "dataset"
+NAME, VERSION, KIND = "prompts", 5, "dataset"  # v5: an open final "Assistant:" is the prompt's end
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema(
     [("prompt_id", pa.string()), ("messages", MESSAGES), ("source_row", pa.int64()), ("user_turns", pa.list_(pa.string()))]
@@ -51,7 +51,10 @@ def parse_hh(text: str) -> list[dict[str, str]] | None:
     if len(parts) < 3 or parts[0].strip():
         return None
     roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[who], "content": body.strip()} for who, body in zip(parts[1::2], parts[2::2], strict=True)]
+    messages = [{"role": roles[who], "content": body.strip()} for who, body in zip(parts[1::2], parts[2::2], strict=True)]
+    if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
+        messages.pop()  # a prompt written as a transcript ends with an open "Assistant:" (Nectar)
+    return messages
 
 
 def as_messages(raw: object) -> list[dict[str, str] | None] | None:

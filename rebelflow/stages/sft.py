@@ -18,7 +18,7 @@ import torch
 from rebelflow.config.campaign import SFTConfig
 from rebelflow.losses import masked_nll
 from rebelflow.ml.batching import pad_and_forward, pad_id_of, pad_right
-from rebelflow.ml.chat import tokenize_reply
+from rebelflow.ml.chat import policy_tokenizer, tokenize_reply
 from rebelflow.ml.driver import Fit, common_summary, fit_model, plan_updates, save_model_artifact
 from rebelflow.ml.models import load_causal_lm
 from rebelflow.stages.prompts import read_dataset, require_columns
@@ -69,13 +69,11 @@ def reply_loss(model, micro: list[tuple[list[int], list[int]]], pad: int) -> tup
 
 
 def run(settings: Settings, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
-    from transformers import AutoTokenizer
-
     ref = artifact_ref(NAME, VERSION, KIND, settings, [policy])
     if store.is_complete(ref, quarantine=True):
         return ref
     path = store.model_path(policy)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    tokenizer = policy_tokenizer(path, policy)
     pad = pad_id_of(tokenizer)
     data, dropped = examples(settings, tokenizer)
     fit = Fit(section="sft", per_update_key="examples_per_update", items=data,

@@ -21,6 +21,7 @@ import torch
 
 from rebelflow.config.campaign import TrainConfig
 from rebelflow.ml.batching import pad_id_of, pair_loss
+from rebelflow.ml.chat import policy_tokenizer
 from rebelflow.ml.driver import Fit, common_summary, fit_model, plan_updates, save_model_artifact
 from rebelflow.ml.models import load_causal_lm, set_trainable
 from rebelflow.store.local import Store
@@ -38,8 +39,6 @@ class Settings(TrainConfig):
 
 
 def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: Store) -> ArtifactRef:
-    from transformers import AutoTokenizer
-
     ref = artifact_ref(NAME, VERSION, KIND, settings, [pairs, policy])
     if store.is_complete(ref, quarantine=True):
         return ref
@@ -53,7 +52,7 @@ def run(settings: Settings, pairs: ArtifactRef, policy: ArtifactRef, *, store: S
     plan = plan_updates(fit, settings, "training pairs", "Lower train.pairs_per_update or use more prompts.")
     torch.manual_seed(settings.seed)
     path = store.model_path(policy)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=policy.revision)
+    tokenizer = policy_tokenizer(path, policy)
     pad = pad_id_of(tokenizer)
     model = load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision)
     model, trainable = set_trainable(model, settings.trainable, settings.lora)

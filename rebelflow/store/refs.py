@@ -27,6 +27,7 @@ class ArtifactRef(BaseModel):
     kind: Literal["dataset", "model"] = "dataset"
     source: str | None = None  # external models only: local folder or Hub id
     revision: str | None = None
+    chat_template: str | None = None  # external models only: the campaign's template in place of the model's
 
     @property
     def external(self) -> bool:
@@ -66,9 +67,11 @@ def model_identity(source: str, revision: str | None = None) -> str:
     return "dir:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def external_model(source: str, revision: str | None = None) -> ArtifactRef:
-    digest = hashlib.sha256(model_identity(source, revision).encode()).hexdigest()[:16]
-    return ArtifactRef(id=f"external-{digest}", stage="external", kind="model", source=source, revision=revision)
+def external_model(source: str, revision: str | None = None, chat_template: str | None = None) -> ArtifactRef:
+    identity = model_identity(source, revision) + ("" if chat_template is None else f"|template:{chat_template}")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return ArtifactRef(id=f"external-{digest}", stage="external", kind="model", source=source, revision=revision,
+                       chat_template=chat_template)
 
 
 def hashed_settings(settings: BaseModel) -> dict[str, Any]:

@@ -73,12 +73,14 @@ def test_the_campaign_presets_rehearse_end_to_end(tmp_path, preset):
 
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("preset", ["rebel-chat-llama3-online.yaml", "refuel-hh-online.yaml",
-                                    "refuel-ultrainteract-online.yaml"])
+                                    "refuel-ultrainteract-online.yaml", "rebel-tldr-pythia-online.yaml",
+                                    "rebel-chat-openchat-online.yaml"])
 def test_the_online_presets_rehearse_end_to_end(tmp_path, preset):
-    """Two online rounds each through the accelerate launcher: a top-layer-trained tiny Llama-3 with its
-    frozen-top-layers reference, a tiny FsfairX-style classifier, checkpoints and validations; REFUEL
-    setting two's dialogues from the data's user turns, evaluated per turn. Afterwards every stage is cached
-    and the plan notes each online round's curves."""
+    """Two online rounds each through the accelerate launcher: top-layer training with the frozen-top-layers
+    reference (Llama-3, OpenChat's Mistral) or LoRA with adapters off (TL;DR's Pythia, plain-text prompts,
+    forced length), a classifier or value-head reward model (TL;DR's, Starling's layouts), checkpoints and
+    validations; REFUEL setting two's dialogues from the data's user turns, evaluated per turn. Afterwards
+    every stage is cached and the plan notes each online round's curves."""
     store = tmp_path / "store"
     rehearse("run", preset, store)
     plan = subprocess.run([*CLI, "plan", str(REPO / "configs" / preset), "--rehearse", "--store", str(store), "--json"],

@@ -150,3 +150,19 @@ def test_hh_transcripts_and_message_lists_give_the_prompt_and_the_later_user_tur
                                               {"id": "list", "chosen": hh, "more": ["x", "y"]},
                                               {"id": "odd", "chosen": hh, "more": 5}])
     assert [r["user_turns"] for r in kept] == [["c"], ["x", "y"]] and dropped == {"malformed user turns": 1}
+
+
+def test_a_transcript_prompt_ending_with_an_open_assistant_turn_is_a_prompt(tmp_path):
+    """Nectar writes prompts as HH transcripts that end with "Assistant:" for the reply to come."""
+    from rebelflow.stages import prompts
+
+    nectar = "\n\nHuman: What is 2+2?\n\nAssistant: 4\n\nHuman: And 3+3?\n\nAssistant:"
+    path = write_prompts(tmp_path / "n.jsonl", [{"id": "n", "prompt": nectar}])
+    cfg = make_config(tmp_path, path, prompts={"source": str(path), "prompt_column": None, "id_column": "id",
+                                               "messages_column": "prompt"})
+    kept, dropped = prompts.select(prompts.Settings.from_config(cfg.prompts, 1), [{"id": "n", "prompt": nectar}])
+    assert [r["messages"] for r in kept] == [[{"role": "user", "content": "What is 2+2?"},
+                                              {"role": "assistant", "content": "4"},
+                                              {"role": "user", "content": "And 3+3?"}]]
+    assert prompts.parse_hh("\n\nHuman: Hi\n\nAssistant: Hello") == [{"role": "user", "content": "Hi"},
+                                                                     {"role": "assistant", "content": "Hello"}]

@@ -20,7 +20,8 @@ from rebelflow.rehearsal import rehearsal_of
 from tests.conftest import REPO
 
 CAMPAIGN_PRESETS = ["rebel-llama3-armorm.yaml", "refuel-llama3-armorm.yaml", "rebel-chat-llama3-online.yaml",
-                    "refuel-hh-online.yaml", "refuel-ultrainteract-online.yaml"]
+                    "refuel-hh-online.yaml", "refuel-ultrainteract-online.yaml", "rebel-tldr-pythia-online.yaml",
+                    "rebel-chat-openchat-online.yaml"]
 RM_PRESETS = ["rm-llama3-bt.yaml", "rm-eval-fsfairx.yaml"]
 
 
@@ -63,6 +64,18 @@ def launchers(cfg: RunConfig) -> dict:
             for n in names}
 
 
+def assert_family_folder(path: str, source: str) -> None:
+    """A stand-in of the named model's family: Llama-3's tokenizer and template for Llama-3 models, else the
+    family's architecture (GPT-NeoX for Pythia, Mistral for OpenChat)."""
+    from rebelflow.rehearsal.models import family_of
+
+    family = family_of(source)
+    if family.tokenizer == "llama3":
+        assert_llama3_folder(path)
+    else:
+        assert json.loads((Path(path) / "config.json").read_text())["model_type"] == family.model_type
+
+
 def assert_llama3_folder(path: str) -> None:
     from transformers import AutoTokenizer
 
@@ -90,11 +103,18 @@ def test_a_campaign_rehearsal_keeps_the_presets_machinery_and_names_every_substi
         if preset.dialogue.user.kind == "llm":
             assert_llama3_folder(cfg.dialogue.user.model)
     # models, data and sizes are swapped, and each swap is printed
-    assert_llama3_folder(cfg.policy.model)
+    assert_family_folder(cfg.policy.model, preset.policy.model)
     if preset.reward.backend == "armorm":
         assert (Path(cfg.reward.model) / "modeling_armo_standin.py").is_file()  # remote code, as ArmoRM ships
+    elif preset.reward.backend == "value_head":  # one checkpoint: the backbone under its prefix, the head
+        from safetensors import safe_open
+
+        with safe_open(str(Path(cfg.reward.model) / "model.safetensors"), "pt") as f:
+            names = set(f.keys())
+        layout = preset.reward.value_head
+        assert f"{layout.head}.weight" in names and all(n.startswith((layout.backbone_prefix, layout.head)) for n in names)
     else:
-        assert_llama3_folder(cfg.reward.model)
+        assert_family_folder(cfg.reward.model, preset.reward.model)
     rows = [json.loads(line) for line in Path(cfg.prompts.source).read_text().splitlines()]
     columns = [preset.prompts.prompt_column or preset.prompts.messages_column, preset.prompts.id_column]
     assert all(c in row for row in rows for c in columns if c is not None)
