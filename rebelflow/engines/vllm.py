@@ -71,6 +71,13 @@ class VLLMEngine:
         )
         self.max_len = self.llm.llm_engine.model_config.max_model_len
 
+    def close(self) -> None:
+        """Shut the engine down now (an in-process one also ends the process group vLLM made for itself),
+        rather than at interpreter exit after the trainer's group is gone."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def push(self, weights) -> None:
         """Load `weights` ((name, tensor) pairs with the HF checkpoint's names, any subset of the model's)
         into the running engine, as vLLM reloads a checkpoint in place, and drop cached prefixes computed

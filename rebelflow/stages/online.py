@@ -114,7 +114,7 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
     if not conversations:
         raise DataError("the round has no prompts. Check prompts.source and prompts.per_round.")
     held_out = store.read_rows(validation) if validation is not None else []
-    loop, tokenizer, path = _loop(settings, store, policy, initial, conversations, held_out)
+    loop, tokenizer, path, engine = _loop(settings, store, policy, initial, conversations, held_out)
     tracker = Tracker(settings.tracking, hashed_settings(settings))
     with store.writer(ref, VERSION, hashed_settings(settings), inputs) as w:
         history = loop.run(w.tmp / "checkpoints", Shards(w), say=lambda line: print(line, flush=True))
@@ -125,6 +125,8 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
         summary = _summary(history)
         write_model(w, loop.accelerator, loop.model, weights, tokenizer, history, summary, _CARD, lora)
     tracker.finish(summary)
+    if hasattr(engine, "close"):  # a vLLM engine in this process: before the process group ends
+        engine.close()
     finish_distributed()
     return ref
 
@@ -175,7 +177,7 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
                       conversations, held_out, settings.max_invalid_fraction)
     if settings.engine == "vllm":
         loop.after_update = lambda: engine.push(engine_weights(accelerator.unwrap_model(loop.model), settings.trainable))
-    return loop, tokenizer, path
+    return loop, tokenizer, path, engine
 
 
 class Dialogues:

@@ -79,3 +79,44 @@ def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, pro
     metrics = [json.loads(line) for line in (store.path(refs["online"]) / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2, 3] and "val_score" in metrics[-1]
     assert store.is_complete(refs["evaluate"])  # the round's policy evaluated against the starting one
+
+
+def test_a_killed_online_round_with_vllm_resumes_byte_identical(tmp_path, prompts_file, policy):  # noqa: F811
+    """kill -9 of the launcher after a checkpoint: the next attempt resumes there, pushes the checkpoint's
+    weights into its new engine before sampling, and finishes with the artifact of an uninterrupted round."""
+    import shutil
+    import subprocess as sp
+    import sys
+    import time
+
+    from rebelflow.planning.campaign import Baseline, round_plan
+    from rebelflow.running.launch import launch
+    from tests.reliability.test_kill import LAUNCHER, kill_and_wait
+    from tests.reliability.test_kill_resume import data_hashes
+
+    cfg = make_config(
+        tmp_path, prompts_file, policy={"model": policy}, stop_after="train",
+        generate={"engine": "vllm", "vllm": VLLM, "max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0},
+        online={"iterations": 8, "prompts_per_iteration": 8, "minibatch_pairs": 2, "checkpoint_every": 2},
+        train={"launcher": {"kind": "subprocess", "env": "vllm"}, "trainable": 1, "lr": 1e-2, "eta": 1.0},
+    )
+    store, _, start = run_round(cfg, policy, upto="prompts")
+    job = round_plan(cfg, 1, start, Baseline()).online
+    assert launch(job, store, emit=lambda line: None) == job.ref
+    expected = data_hashes(store, job.ref)
+    shutil.rmtree(store.path(job.ref))
+    log = store.root / "logs" / f"{job.ref.id}.log"
+    assert "Traceback" not in log.read_text()  # the engine shut down before the process group ended
+    log.unlink()
+
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    launcher = sp.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)], stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and '"iteration": 3,' not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)  # iteration 3 done: the checkpoint of iteration 2 is on disk, the round is not
+    assert not kill_and_wait(launcher, job.ref.id, 5), "the online stage outlived its launcher"
+    assert not store.is_complete(job.ref), "the kill came after the round finished: it proves nothing"
+    assert launch(job, store, emit=lambda line: None) == job.ref
+    assert "resuming from checkpoint update-000002" in log.read_text()
+    assert data_hashes(store, job.ref) == expected
