@@ -396,6 +396,11 @@ class RunConfig(Section):
             (self.generate.engine == "vllm" and not (self.train.launcher.env or self.train.launcher.python),
              "an online round with generate.engine: vllm keeps the engine inside its training process, which must "
              "run where vLLM is installed: set train.launcher: {kind: subprocess, env: vllm} (make vllm-env)"),
+            (self.generate.engine == "vllm" and self.generate.vllm.gpu_memory_utilization > 0.5,
+             f"an online round's vLLM engine shares the GPU with the trainer (policy, reference, reward model, "
+             f"optimizer), which are loaded first: generate.vllm.gpu_memory_utilization "
+             f"{self.generate.vllm.gpu_memory_utilization} would leave them too little or fail at start-up. Set it to "
+             "0.5 or less (e.g. 0.3 for an 8B policy beside an 8B reward model on 80 GB)"),
             (self.generate.engine == "vllm" and self.generate.vllm.tensor_parallel_size > 1,
              "an online round's vLLM engine runs in the training process, on its one GPU: set "
              "generate.vllm.tensor_parallel_size: 1"),

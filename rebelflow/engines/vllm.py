@@ -82,8 +82,14 @@ class VLLMEngine:
         """Load `weights` ((name, tensor) pairs with the HF checkpoint's names, any subset of the model's)
         into the running engine, as vLLM reloads a checkpoint in place, and drop cached prefixes computed
         with the old ones. The engine must run in this process (`in_process`)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
+        quiet = logging.getLogger("vllm")  # a partial reload warns about every module it was not given
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+            self.llm.reset_prefix_cache()
+        finally:
+            quiet.setLevel(level)
 
     def generate(self, prompts: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMSampling

@@ -27,7 +27,7 @@ from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.batching import batch_logps, pair_loss, split
 from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
-from rebelflow.ml.driver import Checkpoints, adamw
+from rebelflow.ml.driver import Checkpoints
 from rebelflow.ml.online import (
     AdaptiveKL,
     cut_after_end_of_turn,
@@ -104,7 +104,30 @@ class Optimization:
 
 
 def updates_per_iteration(cfg: OnlineConfig) -> int:
-    return cfg.epochs_per_iteration * (cfg.pairs_per_iteration() // cfg.minibatch_pairs)
+    """Per pass, one update per minibatch; a last, partial one counts (it steps with its share)."""
+    return cfg.epochs_per_iteration * -(-cfg.pairs_per_iteration() // cfg.minibatch_pairs)
+
+
+class MasterWeights(torch.nn.Module):
+    """fp32 copies of trainable parameters held in bf16/fp16: the optimizer steps the copies and the model
+    gets them rounded back after every step. Stepped in place, an Adam step of about lr (1e-7 to 3e-6 in
+    the papers' settings) is far below bf16's resolution at the weights' scale and would mostly round away.
+    Saved with the checkpoints, so a resumed round keeps the full-precision weights."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        super().__init__()
+        self.params = params
+        self.copies = torch.nn.ParameterList([torch.nn.Parameter(p.detach().float().clone()) for p in params])
+
+    def take_grads(self) -> None:
+        for copy, p in zip(self.copies, self.params, strict=True):
+            copy.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def give_weights(self) -> None:
+        for copy, p in zip(self.copies, self.params, strict=True):
+            p.copy_(copy)
 
 
 class OnlineLoop:
@@ -120,11 +143,17 @@ class OnlineLoop:
         self.max_invalid_fraction = max_invalid_fraction
         self.after_update = after_update or (lambda: None)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_ids(tokenizer)[0]
-        optimizer = adamw(model, 1.0, opt.betas, opt.eps, opt.weight_decay)  # lr set per update by the schedule
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.masters = MasterWeights(trainable) if any(p.dtype != torch.float32 for p in trainable) else None
+        stepped = self.masters.copies if self.masters is not None else trainable
+        # lr set per update by the schedule
+        optimizer = torch.optim.AdamW(stepped, lr=1.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         accelerator.register_for_checkpointing(scheduler)
+        if self.masters is not None:
+            accelerator.register_for_checkpointing(self.masters)
         self.kl = AdaptiveKL(cfg.kl_coef, cfg.adaptive_kl.target, cfg.adaptive_kl.horizon) if cfg.adaptive_kl else None
 
     def _lr_factor(self, step: int) -> float:
@@ -137,7 +166,7 @@ class OnlineLoop:
         need, order, rounds = self.cfg.iterations * self.cfg.prompts_per_iteration, [], 0
         while len(order) < need:
             block = list(range(len(self.prompts)))
-            random.Random(self.cfg.seed * 1000 + rounds).shuffle(block)
+            random.Random(self.cfg.seed * 1000 + rounds + 104_729 * self.opt.first_update).shuffle(block)  # per round
             order += block
             rounds += 1
         return order[:need]
@@ -198,7 +227,7 @@ class OnlineLoop:
     def rollout(self, batch: list[int], iteration: int) -> list[dict[str, Any]]:
         """Sample, score; π_old and π_ref logprobs of every trained reply; shaped rewards. One row per
         response, the samples of a prompt next to each other."""
-        seed = self.cfg.seed + 100_000 * (iteration + 1)
+        seed = self.cfg.seed + 100_000 * (iteration + 1) + 7_919 * self.opt.first_update  # each round its own
         self.model.eval()
         rows = self.rollouts.collect([self.prompts[i] for i in batch], seed, self.opt.temperature, False)
         for r in rows:
@@ -253,8 +282,8 @@ class OnlineLoop:
         updates = 0
         for epoch in range(self.cfg.epochs_per_iteration):
             order = list(range(len(pairs)))
-            random.Random(self.cfg.seed * 7919 + iteration * 31 + epoch).shuffle(order)
-            for start in range(0, len(order) - self.cfg.minibatch_pairs + 1, self.cfg.minibatch_pairs):
+            random.Random(self.cfg.seed * 7919 + iteration * 31 + epoch + 104_729 * self.opt.first_update).shuffle(order)
+            for start in range(0, len(order), self.cfg.minibatch_pairs):
                 metrics = self._update([pairs[i] for i in order[start:start + self.cfg.minibatch_pairs]])
                 updates += 1
                 for k, v in metrics.items():
@@ -269,14 +298,19 @@ class OnlineLoop:
         metrics: dict[str, float] = {}
         for chunk in split(minibatch, self.opt.micro_batch_pairs):
             loss, got = pair_loss(self.model, chunk, self.opt.eta, self.opt.temperature, self.pad)
-            share = len(chunk) / len(minibatch)
+            share = len(chunk) / self.cfg.minibatch_pairs  # a partial last minibatch steps with its share
             self.accelerator.backward(loss * share)
             for k, v in got.items():
-                metrics[k] = metrics.get(k, 0.0) + v * share
+                metrics[k] = metrics.get(k, 0.0) + v * len(chunk) / len(minibatch)
+        if self.masters is not None:
+            self.masters.take_grads()
         if self.opt.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.opt.max_grad_norm)
+            stepped = self.masters.copies if self.masters is not None else self.model.parameters()
+            self.accelerator.clip_grad_norm_(stepped, self.opt.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        if self.masters is not None:
+            self.masters.give_weights()
         self.scheduler.step()
         metrics.pop("tokens", None)
         return metrics
@@ -292,13 +326,14 @@ def pair_row(a: dict, b: dict) -> dict | None:
 
 
 def rollout_metrics(rows: list[dict]) -> dict[str, float]:
+    """Means over the rows with a valid score (a dialogue whose user failed has no reply to measure)."""
     valid = [r for r in rows if r["score"] == r["score"]]
     n = max(1, len(valid))
     return {
         "score": sum(r["score"] for r in valid) / n,
         "reward": sum(r["reward"] for r in valid) / n,
-        "kl": sum(r["kl"] for r in rows) / max(1, len(rows)),
-        "penalty_rate": sum(not r["has_end"] for r in rows) / max(1, len(rows)),
-        "response_tokens": sum(sum(r["mask"]) for r in rows) / max(1, len(rows)),
+        "kl": sum(r["kl"] for r in valid) / n,
+        "penalty_rate": sum(not r["has_end"] for r in valid) / n,
+        "response_tokens": sum(sum(r["mask"]) for r in valid) / n,
         "invalid_scores": len(rows) - len(valid),
     }

@@ -14,7 +14,7 @@ metrics.jsonl with one row per iteration, and a summary.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import ClassVar
 
 import pyarrow as pa
@@ -73,6 +73,7 @@ class Settings(Section):
     temperature: float
     top_p: float
     max_new_tokens: int
+    batch_size: int = 8  # prompts per engine call (generate.batch_size)
     engine: str = "hf"  # hf: transformers on the trained model; vllm: an engine in this process, weights pushed
     vllm: VLLMConfig = VLLMConfig()
     generate_dtype: str = "float32"  # the vLLM engine's
@@ -144,10 +145,12 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     model, _ = set_trainable(model, settings.trainable, settings.lora)
     start = None if initial is None else load_causal_lm(store.model_path(initial), settings.dtype,
                                                         settings.attn_implementation, initial.revision)
-    # on the GPU before the reference copies its layers and the engine binds the model
+    # on the GPU before the reference copies its layers and the engine binds the model; the starting model
+    # only as far as the reference keeps it (top k: its top layers are copied, the rest is let go)
     model = model.to(device())
-    start = None if start is None else start.to(device())
-    reference = make_reference(model, settings.trainable, start)
+    keep_start = start is not None and settings.trainable in ("all", "lora")
+    reference = make_reference(model, settings.trainable, start.to(device()) if keep_start else start)
+    del start
     if settings.engine == "vllm":  # colocated: one engine in this process, the trained weights pushed into it
         from rebelflow.engines.vllm import VLLMEngine
 
@@ -158,9 +161,14 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     reward = load_reward(settings.reward)
 
     def sample(convs, n, seed, temperature):
+        """`generate.batch_size` prompts per engine call: an iteration's whole batch at once (512 TL;DR posts ×
+        2 samples) would hold the KV cache of all of them. Each call its own seeds (transformers seeds a
+        call, not a prompt: chunks with one seed would draw the same random numbers)."""
         params = SamplingParams(n, temperature, settings.top_p, settings.max_new_tokens, seed,
                                 ignore_end_of_turn=settings.online.forced_length)
-        return [[c.token_ids for c in row] for row in engine.generate(convs, params)]
+        size = settings.batch_size
+        return [[c.token_ids for c in row] for k, start in enumerate(range(0, len(convs), size))
+                for row in engine.generate(convs[start:start + size], replace(params, seed=seed + 1009 * k))]
 
     def score(items):
         return [r.value for r in reward.score(items)]

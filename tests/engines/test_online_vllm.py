@@ -63,7 +63,7 @@ def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, pro
     launcher = {"kind": "subprocess", "env": "vllm"}
     cfg = make_config(
         tmp_path, prompts_file, policy={"model": policy}, stop_after="train",
-        generate={"engine": "vllm", "vllm": VLLM, "max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
+        generate={"engine": "vllm", "vllm": {**VLLM, "gpu_memory_utilization": 0.3}, "max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
         online={"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 2, "checkpoint_every": 2,
                 "validate_every": 3, "validation_prompts": 4},
         train={"launcher": launcher, "trainable": 1, "lr": 1e-2, "eta": 1.0},
@@ -96,7 +96,7 @@ def test_a_killed_online_round_with_vllm_resumes_byte_identical(tmp_path, prompt
 
     cfg = make_config(
         tmp_path, prompts_file, policy={"model": policy}, stop_after="train",
-        generate={"engine": "vllm", "vllm": VLLM, "max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0},
+        generate={"engine": "vllm", "vllm": {**VLLM, "gpu_memory_utilization": 0.3}, "max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0},
         online={"iterations": 8, "prompts_per_iteration": 8, "minibatch_pairs": 2, "checkpoint_every": 2},
         train={"launcher": {"kind": "subprocess", "env": "vllm"}, "trainable": 1, "lr": 1e-2, "eta": 1.0},
     )

@@ -37,12 +37,12 @@ class Shards:
         self.rows[i] = json.loads(json.dumps(rows))
 
 
-def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0, micro=None):
+def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0, micro=None, dtype=torch.float32, lr=1e-3):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    model = AutoModelForCausalLM.from_pretrained(policy_path)
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
     engine = HFEngine.resident(model, tokenizer)
 
     def sample(conversations, n, seed, temperature):
@@ -52,7 +52,7 @@ def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0, micro
     def score(items):
         return [reward(messages, response) for messages, response in items]
 
-    opt = Optimization(eta=2.0, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
+    opt = Optimization(eta=2.0, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
                        micro_batch_pairs=micro or cfg.minibatch_pairs, temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
                        first_update=0)
     return OnlineLoop(cfg, opt, make_accelerator(1, cfg.minibatch_pairs), model, tokenizer,
@@ -121,3 +121,29 @@ def test_micro_batches_accumulate_to_the_minibatch_update(tiny_policy, tmp_path)
     assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-4)
     for x, y in zip(whole.model.state_dict().values(), pieces.model.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_weights_train_through_fp32_copies_and_resume_with_them(tiny_policy, tmp_path):
+    """Steps far below bf16's resolution still add up (in fp32 copies, rounded into the model after every
+    update), and a round stopped after its checkpoint resumes with the copies, to the same weights."""
+    cfg = CFG.model_copy(update={"iterations": 4, "penalty_reward_value": None})  # the replies' own scores differ
+    whole = make_loop(tiny_policy, cfg, dtype=torch.bfloat16, lr=1e-5)
+    start = {k: v.clone() for k, v in whole.model.state_dict().items()}
+    whole.run(tmp_path / "a", Shards(), say=lambda line: None)
+    copies, params = whole.masters.copies, whole.masters.params
+    assert all(p.dtype == torch.bfloat16 for p in params) and all(c.dtype == torch.float32 for c in copies)
+    for c, p in zip(copies, params, strict=True):
+        torch.testing.assert_close(p, c.to(torch.bfloat16), rtol=0, atol=0)  # the model holds the copies, rounded
+    moved = [(c.float() - start_p.float()).abs().max().item() for c, start_p in
+             zip(copies, [start[k] for k, v in whole.model.named_parameters() if v.requires_grad], strict=True)]
+    assert max(moved) > 0  # lr 1e-5 steps, each below bf16's resolution at the weights' scale, added up
+
+    interrupted, shards = make_loop(tiny_policy, cfg, dtype=torch.bfloat16, lr=1e-5), Shards()
+    shards.stop_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(tmp_path / "b", shards, say=lambda line: None)
+    shards.stop_after = None
+    resumed = make_loop(tiny_policy, cfg, dtype=torch.bfloat16, lr=1e-5)
+    resumed.run(tmp_path / "b", shards, say=lambda line: None)
+    for a, b in zip(copies, resumed.masters.copies, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
