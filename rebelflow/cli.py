@@ -6,6 +6,7 @@ inside a stage (e.g. a reward that fails on every response) exits with 1 and one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -136,8 +137,11 @@ def plan(
     """Validate the config and list every stage with its fingerprint and cached/pending; does no work."""
     from rebelflow.planning.campaign import plan_status
 
-    cfg = _load(config, set_, store, rehearse=rehearse)
-    rows = plan_status(cfg)
+    # With --json, stdout carries the JSON alone: libraries that print while a rehearsal builds its stand-ins
+    # (DeepSpeed's accelerator notice) go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        cfg = _load(config, set_, store, rehearse=rehearse)
+        rows = plan_status(cfg)
     if as_json:
         print(json.dumps(rows, indent=2))
         return

