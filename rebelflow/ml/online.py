@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -68,13 +67,3 @@ def learning_rate(update: int, total: int, lr: float, schedule: str, warmup_rati
         return lr * update / warmup
     progress = (update - 1 - warmup) / max(1, total - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def online_text(rows: list[dict[str, Any]]) -> str:
-    """One line that says how an online stretch went: the first → last value of each curve."""
-    parts = []
-    for key, label in (("score", "score"), ("kl", "KL"), ("penalty_rate", "no-end"), ("val_score", "val")):
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if values:
-            parts.append(f"{label} {values[0]:.3g}→{values[-1]:.3g}")
-    return " · ".join(parts)

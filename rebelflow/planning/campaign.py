@@ -264,6 +264,14 @@ def online_note(cfg: RunConfig, summary: dict | None) -> str:
 
 def curve_text(summary: dict) -> str:
     """A finished online round's curves in one line (`plan`, `history`)."""
-    from rebelflow.ml.online import online_text
-
     return f"{summary['iterations']} iterations: " + online_text(summary["curve"])
+
+
+def online_text(rows: list[dict]) -> str:
+    """One line that says how an online stretch went: the first → last value of each curve."""
+    parts = []
+    for key, label in (("score", "score"), ("kl", "KL"), ("penalty_rate", "no-end"), ("val_score", "val")):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            parts.append(f"{label} {values[0]:.3g}→{values[-1]:.3g}")
+    return " · ".join(parts)
