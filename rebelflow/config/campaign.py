@@ -304,7 +304,8 @@ class SFTConfig(Section):
 
 
 # vLLM settings that change speed and memory but not outputs: left out of fingerprints.
-VLLM_SPEED_ONLY = {"tensor_parallel_size": True, "gpu_memory_utilization": True, "enforce_eager": True, "kv_cache_gib": True}
+VLLM_SPEED_ONLY = {"tensor_parallel_size": True, "gpu_memory_utilization": True, "enforce_eager": True, "kv_cache_gib": True,
+                   "sleep": True}
 # Where an OpenAI-compatible user is served and how it is called: the served model name is what counts.
 OPENAI_TRANSPORT = {"base_url": True, "api_key_env": True, "concurrency": True, "max_retries": True, "timeout": True}
 
@@ -404,7 +405,14 @@ class RunConfig(Section):
             (self.generate.engine == "vllm" and self.generate.vllm.tensor_parallel_size > 1,
              "an online round's vLLM engine runs in the training process, on its one GPU: set "
              "generate.vllm.tensor_parallel_size: 1"),
-            ((ranks or 1) > 1, "online rounds run in one training process for now: set train.launcher.num_processes: 1"),
+            ((ranks or 1) > 1 and self.generate.engine == "vllm",
+             "an online round with generate.engine: vllm runs in one training process for now (one engine beside "
+             "one trainer on one GPU): set train.launcher.num_processes: 1, or sample with generate.engine: hf over "
+             "several processes"),
+            (self.online.prompts_per_iteration % (ranks or 1) != 0,
+             f"online.prompts_per_iteration ({self.online.prompts_per_iteration}) cannot be shared equally over "
+             f"train.launcher.num_processes ({ranks}): each process samples an equal share, and under ZeRO the "
+             f"processes' passes must match. Make it a multiple of {ranks}"),
             (self.stop_after not in ("train", "evaluate"), f"an online round trains as it samples, so stop_after "
                                                            f"'{self.stop_after}' cannot stop before it: set stop_after: train or evaluate"),
         ]

@@ -21,3 +21,6 @@ class VLLMConfig(Section):
     max_model_len: int | None = Field(None, ge=16, description="prompt + reply tokens (None: the model's maximum)")
     enforce_eager: bool = Field(False, description="no CUDA graphs: slower, starts faster, less memory")
     kv_cache_gib: int = Field(4, ge=1, description="CPU build only: KV-cache space (VLLM_CPU_KVCACHE_SPACE)")
+    sleep: bool = Field(True, description="online rounds on a GPU: the engine sleeps between generations (weights "
+                                          "to CPU memory, KV cache freed) so the trainer has the GPU; the CPU "
+                                          "build has no sleep mode")

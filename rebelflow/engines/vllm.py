@@ -17,7 +17,10 @@ seeded generator back by its offset, which CPU generators do not have ("CPU Gene
 offset"), so a large seeded batch killed the engine. Unsplit prefills keep every seed's meaning.
 
 An online round keeps one engine in its training process (`in_process`) and pushes the updated weights into
-it after every iteration (`push`, vLLM's in-place reload: only the trained tensors need to go).
+it after every iteration (`push`, vLLM's in-place reload: only the trained tensors need to go). On a GPU
+it sleeps between generations (`rest`: weights to CPU memory, KV cache freed, vLLM's sleep level 1), so the
+trainer's logprob passes and updates have that memory; a push wakes the weights, the next generation the
+KV cache. Level 1 because a push may carry only the trained tensors: the rest must come back as they were.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class VLLMEngine:
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         vllm = import_vllm()
+        self.sleeps = in_process and cfg.sleep and torch.cuda.is_available()  # the CPU build has no sleep mode
+        self.asleep: set[str] = set()  # the parts ("weights", "kv_cache") now asleep
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         self.tokenizer = with_template(AutoTokenizer.from_pretrained(model, revision=revision), chat_template)
@@ -65,7 +70,7 @@ class VLLMEngine:
         self.llm = vllm.LLM(
             model=model, tokenizer=model, revision=revision, dtype=dtype, seed=0,
             tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, enable_sleep_mode=self.sleeps,
             # CPU build: whole prefills only (vLLM then sizes a step's budget to at least max_model_len)
             **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
         )
@@ -78,6 +83,22 @@ class VLLMEngine:
         if core is not None:
             core.shutdown()
 
+    def rest(self) -> None:
+        """Between generations (an online round's scoring and updates): free this engine's GPU memory, its
+        weights kept in CPU memory. Nothing on the CPU build or when `vllm.sleep` is off."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = {"weights", "kv_cache"}
+
+    def _wake(self, *tags: str) -> None:
+        tags = tuple(t for t in tags if t in self.asleep)
+        if tags:
+            import torch
+
+            torch.cuda.empty_cache()  # the trainer's cached blocks back to the device for the engine
+            self.llm.wake_up(tags=list(tags))
+            self.asleep -= set(tags)
+
     def push(self, weights) -> None:
         """Load `weights` ((name, tensor) pairs with the HF checkpoint's names, any subset of the model's)
         into the running engine, as vLLM reloads a checkpoint in place, and drop cached prefixes computed
@@ -85,9 +106,11 @@ class VLLMEngine:
         quiet = logging.getLogger("vllm")  # a partial reload warns about every module it was not given
         level = quiet.level
         quiet.setLevel(logging.ERROR)
+        self._wake("weights")
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
-            self.llm.reset_prefix_cache()
+            if "kv_cache" not in self.asleep:  # sleeping cleared it
+                self.llm.reset_prefix_cache()
         finally:
             quiet.setLevel(level)
 
@@ -95,6 +118,7 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
+        self._wake("weights", "kv_cache")
         encoded = [prompt_ids(self.tokenizer, messages) for messages in prompts]
         greedy = params.temperature == 0
         requests, sampling, where = [], [], []

@@ -4,6 +4,7 @@ ending the process group cleanly."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,9 +90,11 @@ def zero_stage(accelerator) -> int | None:
     return None if plugin is None else int(plugin.zero_stage)
 
 
-def make_accelerator(accumulation_steps: int, micro_batch: int):
+def make_accelerator(accumulation_steps: int, micro_batch: int, max_grad_norm: float | None = None):
     """An Accelerator for this launch: DeepSpeed ZeRO when the launch config asks for it (its micro-batch
-    size set here, since no dataloader is prepared), gloo between ranks when there is no GPU."""
+    size set here, since no dataloader is prepared), gloo between ranks when there is no GPU. DeepSpeed clips
+    gradients itself: at `max_grad_norm` (none when None), as the other launches do (accelerate would fill
+    the shipped configs' "auto" with 1.0)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
@@ -106,5 +109,33 @@ def make_accelerator(accumulation_steps: int, micro_batch: int):
         gradient_accumulation_plugin=plugin, kwargs_handlers=handlers, cpu=not gpu and not using_deepspeed()
     )
     if accelerator.state.deepspeed_plugin is not None:
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config["train_micro_batch_size_per_gpu"] = micro_batch
+        if config.get("gradient_clipping", "auto") == "auto":
+            config["gradient_clipping"] = float(max_grad_norm or 0.0)
     return accelerator
+
+
+@contextmanager
+def full_weights(accelerator, model):
+    """Every parameter whole on this rank for the duration (ZeRO-3 partitions them): for generation, whose
+    steps differ in number between ranks, and for pushing weights into an engine. Under ZeRO-3 the gathered
+    module runs without DeepSpeed's fetch/release hooks (they would re-partition each layer after its
+    forward and gather it again collectively, step by step); they are put back afterwards. Nothing to do
+    otherwise."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    import deepspeed
+
+    engine = accelerator.deepspeed_engine_wrapped.engine
+    offload = getattr(engine.optimizer, "parameter_offload", None) or engine.optimizer
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        offload._remove_module_hooks()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        for p in model.parameters():
+            p.ds_active_sub_modules.clear()
+        try:
+            yield
+        finally:
+            offload.setup_zero_stage3_hooks()

@@ -100,7 +100,7 @@ def plan_updates(fit: Fit, settings: TrainingSettings, what: str, fix: str) -> l
 def fit_model(model, fit: Fit, settings: TrainingSettings, plan: list[list[int]], checkpoint_dir: Path) -> Trained:
     """Train `model` through `plan`, resuming from the latest checkpoint under `checkpoint_dir`."""
     steps = per_rank_accumulation(fit.per_update, fit.micro_batch, f"{fit.section}.{fit.per_update_key}")
-    accelerator = make_accelerator(steps, fit.micro_batch)
+    accelerator = make_accelerator(steps, fit.micro_batch, settings.max_grad_norm)
     optimizer = adamw(model, settings.lr, settings.betas, settings.eps, settings.weight_decay)
     scheduler = cosine_schedule(optimizer, len(plan), settings.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)

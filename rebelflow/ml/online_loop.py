@@ -9,11 +9,17 @@ state) and the loop's position; an iteration's rollouts are written as a shard b
 resumed round reads a shard it already has instead of sampling again. Everything random is seeded by the
 iteration (prompt order, sampling seeds, pass permutations), so a resumed round ends with the weights of an
 uninterrupted one.
+
+Over several processes (DDP or DeepSpeed ZeRO through accelerate): each rank samples, scores and takes the
+logprobs of an equal share of the iteration's prompts on its own engine, the rows are gathered in prompt
+order on every rank, and each minibatch is shared out over the ranks, so the update is the one process's
+(the loss is a mean over the minibatch's pairs). The main process alone writes shards and prints.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -27,6 +33,7 @@ from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.batching import batch_logps, pair_loss, split
 from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
+from rebelflow.ml.distributed import Ranks, from_main, full_weights, gather_lists, using_deepspeed
 from rebelflow.ml.driver import Checkpoints
 from rebelflow.ml.online import (
     AdaptiveKL,
@@ -41,6 +48,7 @@ Message = dict[str, str]
 # sample(conversations, samples per conversation, seed, temperature) -> per conversation, per sample: token ids
 Sampler = Callable[[list[list[Message]], int, int, float], list[list[list[int]]]]
 Scorer = Callable[[list[tuple[list[Message], str]]], list[float]]  # NaN: invalid
+METRICS = ("loss", "sign_agreement", "mean_abs_d", "mean_eta_reward_diff")  # of losses.rebel_loss, per update
 
 
 class Rollouts(Protocol):
@@ -108,6 +116,14 @@ def updates_per_iteration(cfg: OnlineConfig) -> int:
     return cfg.epochs_per_iteration * -(-cfg.pairs_per_iteration() // cfg.minibatch_pairs)
 
 
+def micro_batches_per_update(minibatch_pairs: int, micro_batch_pairs: int, ranks: int) -> int:
+    """Micro-batches each rank runs per update: its share of a minibatch (the ranks take its pairs in turn),
+    in micro-batches. Every rank runs this many (one short of pairs repeats a micro-batch with weight 0), so
+    gradient accumulation and the ranks' gradient exchange stay in step."""
+    per_rank = math.ceil(minibatch_pairs / ranks)
+    return math.ceil(per_rank / micro_batch_pairs)
+
+
 class MasterWeights(torch.nn.Module):
     """fp32 copies of trainable parameters held in bf16/fp16: the optimizer steps the copies and the model
     gets them rounded back after every step. Stepped in place, an Adam step of about lr (1e-7 to 3e-6 in
@@ -133,18 +149,28 @@ class MasterWeights(torch.nn.Module):
 class OnlineLoop:
     def __init__(self, cfg: OnlineConfig, opt: Optimization, accelerator, model, tokenizer, reference,
                  rollouts: Rollouts, score: Scorer, prompts: list[dict], validation: list[dict] = (),
-                 max_invalid_fraction: float = 1.0, after_update: Callable[[], None] | None = None):
+                 max_invalid_fraction: float = 1.0, after_update: Callable[[], None] | None = None,
+                 after_sampling: Callable[[], None] | None = None):
         """`prompts` and `validation`: prompts rows (`messages`, and what the rollouts read besides).
         `after_update` runs whenever the weights changed before the next sampling (after each iteration's
-        regression and after a resume): an engine outside the model takes the new weights there."""
+        regression and after a resume): an engine outside the model takes the new weights there.
+        `after_sampling` runs when an iteration's (or a validation's) sampling is done: an engine can free
+        its memory for the trainer there."""
         self.cfg, self.opt, self.accelerator, self.tokenizer = cfg, opt, accelerator, tokenizer
+        self.ranks, self.rank = accelerator.num_processes, accelerator.process_index
+        self.main = accelerator.is_main_process
+        self.group = None if self.ranks == 1 else Ranks(self.rank, self.ranks)
+        self.micros = micro_batches_per_update(cfg.minibatch_pairs, opt.micro_batch_pairs, self.ranks)
+        accelerator.gradient_accumulation_steps = self.micros  # before prepare: DeepSpeed takes it from there
         self.reference, self.rollouts, self.score, self.prompts = reference, rollouts, score, prompts
         self.validation = list(validation)[: cfg.validation_prompts]
         self.max_invalid_fraction = max_invalid_fraction
         self.after_update = after_update or (lambda: None)
+        self.after_sampling = after_sampling or (lambda: None)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_ids(tokenizer)[0]
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.masters = MasterWeights(trainable) if any(p.dtype != torch.float32 for p in trainable) else None
+        low = any(p.dtype != torch.float32 for p in trainable)
+        self.masters = MasterWeights(trainable) if low and not using_deepspeed() else None  # DeepSpeed keeps its own
         stepped = self.masters.copies if self.masters is not None else trainable
         # lr set per update by the schedule
         optimizer = torch.optim.AdamW(stepped, lr=1.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
@@ -175,24 +201,27 @@ class OnlineLoop:
         return self.kl.value if self.kl is not None else self.cfg.kl_coef
 
     def run(self, checkpoint_dir: Path, shards, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-        """All iterations of the round; `shards` keeps the rollouts: has(i), read(i), write(i, rows).
-        Returns one metrics row per iteration."""
+        """All iterations of the round; `shards` keeps the rollouts: has(i), read(i), write(i, rows) (None on
+        every process but the main one). Returns one metrics row per iteration."""
         from tqdm.auto import tqdm
 
+        if not self.main:
+            say = lambda line: None  # noqa: E731
         checkpoints = Checkpoints(self.accelerator, checkpoint_dir, self.cfg.checkpoint_every)
         start, history = self._resume(checkpoints, say)
         if start:
             self.after_update()
         order = self.prompt_order()
         for it in tqdm(range(start, self.cfg.iterations), initial=start, total=self.cfg.iterations,
-                       desc="online iterations", unit="iteration"):
+                       desc="online iterations", unit="iteration", disable=not self.main):
             started = time.time()
-            if shards.has(it):
-                rows = shards.read(it)
+            if from_main(self.group, shards.has(it) if self.main else None):
+                rows = from_main(self.group, shards.read(it) if self.main else None)
             else:
                 batch = order[it * self.cfg.prompts_per_iteration:(it + 1) * self.cfg.prompts_per_iteration]
                 rows = self.rollout(batch, it)
-                shards.write(it, rows)
+                if self.main:
+                    shards.write(it, rows)
             row = {"iteration": it + 1, **rollout_metrics(rows), **self.regress(rows, it)}
             self.after_update()
             if self.kl is not None:
@@ -223,24 +252,44 @@ class OnlineLoop:
             path = checkpoints.root / f"update-{iteration:06d}" / "loop.json"
             path.write_text(json.dumps({**json.loads(path.read_text()), "kl_coef": self.kl.value}))
 
+    def share(self, items: list) -> list:
+        """This rank's contiguous share of `items` (equal shares when the ranks divide them)."""
+        return items[len(items) * self.rank // self.ranks:len(items) * (self.rank + 1) // self.ranks]
+
+    def gathered(self, mine: list) -> list:
+        """Every rank's list, joined in rank order, on every rank."""
+        if self.ranks == 1:
+            return mine
+        return [x for part in gather_lists(self.group, mine) for x in part]
+
     @torch.no_grad()
     def rollout(self, batch: list[int], iteration: int) -> list[dict[str, Any]]:
         """Sample, score; π_old and π_ref logprobs of every trained reply; shaped rewards. One row per
-        response, the samples of a prompt next to each other."""
+        response, the samples of a prompt next to each other. Each rank does its share of the prompts (with
+        its own sampling seeds); every rank returns all rows."""
         seed = self.cfg.seed + 100_000 * (iteration + 1) + 7_919 * self.opt.first_update  # each round its own
+        seed += 50_021 * self.rank
+        batch = self.share(batch)
         self.model.eval()
-        rows = self.rollouts.collect([self.prompts[i] for i in batch], seed, self.opt.temperature, False)
-        for r in rows:
-            r.update(iteration=iteration + 1, prompt_index=batch[r.pop("prompt")])
-        scores = self._scores(rows)
-        invalid = sum(s != s for s in scores)  # NaN
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with full_weights(self.accelerator, unwrapped):  # ZeRO-3: generation and logprobs on the whole model
+            rows = self._rollout(batch, iteration, seed, unwrapped)
+        rows = self.gathered(rows)
+        invalid = sum(r["score"] != r["score"] for r in rows)  # NaN
         if invalid > self.max_invalid_fraction * len(rows):
             raise DataError(
                 f"online iteration {iteration + 1}: {invalid} of {len(rows)} rewards are invalid, more than "
                 f"score.max_invalid_fraction ({self.max_invalid_fraction}): the reward is failing, not noisy. "
                 "Fix the reward (score a reply by hand to see why), or raise score.max_invalid_fraction."
             )
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        return rows
+
+    def _rollout(self, batch: list[int], iteration: int, seed: int, unwrapped) -> list[dict[str, Any]]:
+        rows = self.rollouts.collect([self.prompts[i] for i in batch], seed, self.opt.temperature, False)
+        self.after_sampling()
+        for r in rows:
+            r.update(iteration=iteration + 1, prompt_index=batch[r.pop("prompt")])
+        scores = self._scores(rows)
         old = self._logps(lambda *batch: batch_logps(unwrapped, *batch), rows)
         kl = response_kl(old, self._logps(self.reference.logps, rows))
         has_end = torch.tensor([r["has_end"] for r in rows])
@@ -259,12 +308,17 @@ class OnlineLoop:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """The mean score of one reply (one dialogue) per held-out prompt at the validation temperature
-        (seeded alike every time, so validations differ only by the policy), and how many ended."""
+        (seeded alike every time, so validations differ only by the policy), and how many ended. The ranks
+        share the prompts out."""
         self.model.eval()
-        rows = self.rollouts.collect(self.validation, self.cfg.seed + 7, self.cfg.validation_temperature, True)
-        valid = [s for s in self._scores(rows) if s == s]
+        with full_weights(self.accelerator, self.accelerator.unwrap_model(self.model)):
+            rows = self.rollouts.collect(self.share(self.validation), self.cfg.seed + 7 + 50_021 * self.rank,
+                                         self.cfg.validation_temperature, True)
+        self.after_sampling()
+        rows = self.gathered([(s, r["has_end"]) for s, r in zip(self._scores(rows), rows, strict=True)])
+        valid = [s for s, _ in rows if s == s]
         return {"val_score": sum(valid) / max(1, len(valid)),
-                "val_ended": sum(r["has_end"] for r in rows) / max(1, len(rows))}
+                "val_ended": sum(ended for _, ended in rows) / max(1, len(rows))}
 
     def _logps(self, logps, rows: list[dict]) -> torch.Tensor:
         """logps(ids, masks, temperature, pad) over the rows in chunks of a micro-batch's responses."""
@@ -292,16 +346,36 @@ class OnlineLoop:
         out.update(updates=updates, pairs=len(pairs), lr=self.scheduler.get_last_lr()[0])
         return out
 
+    def micro_batches(self, minibatch: list[dict]) -> list[tuple[list[dict], int]]:
+        """This rank's micro-batches of a minibatch, with their weights (pairs): the ranks take the pairs in
+        turn; a rank short of pairs repeats a micro-batch with weight 0, so all run `self.micros`."""
+        chunks = split(minibatch[self.rank::self.ranks], self.opt.micro_batch_pairs)
+        out = [(c, len(c)) for c in chunks]
+        return out + [(minibatch[:1], 0)] * (self.micros - len(out))
+
     def _update(self, minibatch: list[dict]) -> dict[str, float]:
-        """One optimizer update on a minibatch, its gradient accumulated over micro-batches (the loss is a
-        mean over pairs, so each micro-batch's mean is weighted by its share of the minibatch)."""
-        metrics: dict[str, float] = {}
-        for chunk in split(minibatch, self.opt.micro_batch_pairs):
-            loss, got = pair_loss(self.model, chunk, self.opt.eta, self.opt.temperature, self.pad)
-            share = len(chunk) / self.cfg.minibatch_pairs  # a partial last minibatch steps with its share
-            self.accelerator.backward(loss * share)
-            for k, v in got.items():
-                metrics[k] = metrics.get(k, 0.0) + v * len(chunk) / len(minibatch)
+        """One optimizer update on a minibatch, its gradient accumulated over micro-batches and summed over
+        the ranks. The loss is a mean over the minibatch's pairs, so each micro-batch's mean loss is weighted
+        by its share of `minibatch_pairs` (a partial last minibatch steps with its share), times the
+        micro-batches and ranks that accelerate and the gradient exchange average over."""
+        accelerator = self.accelerator
+        sums = torch.zeros(len(METRICS) + 1, dtype=torch.float64, device=accelerator.device)
+        for chunk, weight in self.micro_batches(minibatch):
+            with accelerator.accumulate(self.model):
+                loss, got = pair_loss(self.model, chunk, self.opt.eta, self.opt.temperature, self.pad)
+                accelerator.backward(loss * (weight * self.micros * self.ranks / self.cfg.minibatch_pairs))
+                sums += torch.tensor([got[k] * weight for k in METRICS] + [weight], dtype=torch.float64,
+                                     device=accelerator.device)
+                if accelerator.sync_gradients:
+                    self._step()
+        if self.ranks > 1:
+            sums = accelerator.reduce(sums, "sum")
+        self.scheduler.step()
+        return {k: v / max(1.0, sums[-1].item()) for k, v in zip(METRICS, sums.tolist(), strict=False)}
+
+    def _step(self) -> None:
+        """The optimizer step at the end of an update's accumulation: through the fp32 copies when the
+        trained weights are 16-bit (DeepSpeed steps its own), clipped at max_grad_norm."""
         if self.masters is not None:
             self.masters.take_grads()
         if self.opt.max_grad_norm:
@@ -311,9 +385,6 @@ class OnlineLoop:
         self.optimizer.zero_grad()
         if self.masters is not None:
             self.masters.give_weights()
-        self.scheduler.step()
-        metrics.pop("tokens", None)
-        return metrics
 
 
 def pair_row(a: dict, b: dict) -> dict | None:

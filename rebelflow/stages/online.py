@@ -2,7 +2,9 @@
 `online.iterations` iterations of sample → score → KL-shaped reward → regression passes, with the policy, its reference and
 the reward model loaded once (ml.online_loop). Sampling is transformers generation inside the training
 process on the weights being trained, or (generate.engine: vllm) a vLLM engine in the same process that
-takes the updated weights after every iteration. With a dialogue section each prompt gives two dialogues branched at
+takes the updated weights after every iteration (and sleeps between generations on a GPU). Over several
+processes (train.launcher: accelerate, DDP or ZeRO) each rank samples its share of the prompts on its own
+transformers engine; the main process writes the artifact. With a dialogue section each prompt gives two dialogues branched at
 a turn h (REFUEL setting two, user turns from the data): the trained reply is turn h's, the reward the
 whole dialogue's.
 
@@ -14,6 +16,7 @@ metrics.jsonl with one row per iteration, and a summary.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import fields, replace
 from typing import ClassVar
 
@@ -25,10 +28,16 @@ from rebelflow.config.campaign import VLLM_SPEED_ONLY, LoraConfig, RewardConfig,
 from rebelflow.config.errors import DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.chat import policy_tokenizer, prompt_ids, tokenize_reply, turn_positions
-from rebelflow.ml.distributed import finish_distributed, make_accelerator
+from rebelflow.ml.distributed import (
+    finish_distributed,
+    full_weights,
+    make_accelerator,
+    world_size,
+    zero_stage,
+)
 from rebelflow.ml.driver import write_model
 from rebelflow.ml.models import device, engine_weights, load_causal_lm, set_trainable
-from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn
+from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn, micro_batches_per_update
 from rebelflow.ml.reference import make_reference
 from rebelflow.ml.tracking import Tracker
 from rebelflow.stages import generate_dialogues
@@ -116,16 +125,20 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
         raise DataError("the round has no prompts. Check prompts.source and prompts.per_round.")
     held_out = store.read_rows(validation) if validation is not None else []
     loop, tokenizer, path, engine = _loop(settings, store, policy, initial, conversations, held_out)
-    tracker = Tracker(settings.tracking, hashed_settings(settings))
-    with store.writer(ref, VERSION, hashed_settings(settings), inputs) as w:
-        history = loop.run(w.tmp / "checkpoints", Shards(w), say=lambda line: print(line, flush=True))
-        for row in history:
-            tracker.log(row, step=int(row["iteration"]))
-        weights = loop.accelerator.get_state_dict(loop.model)
-        lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
-        summary = _summary(history)
-        write_model(w, loop.accelerator, loop.model, weights, tokenizer, history, summary, _CARD, lora)
-    tracker.finish(summary)
+    main = loop.accelerator.is_main_process
+    tracker = Tracker(settings.tracking if main else None, hashed_settings(settings))
+    # the main process writes the artifact (shards as the round goes); every process checkpoints beside it
+    with store.writer(ref, VERSION, hashed_settings(settings), inputs) if main else nullcontext() as w:
+        checkpoints = store.root / ".partial" / ref.id / "checkpoints"
+        history = loop.run(checkpoints, Shards(w) if main else None, say=lambda line: print(line, flush=True))
+        weights = loop.accelerator.get_state_dict(loop.model)  # collective: ZeRO-3 gathers the 16-bit weights
+        if main:
+            for row in history:
+                tracker.log(row, step=int(row["iteration"]))
+            lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
+            summary = {**_summary(history), "processes": loop.ranks, "deepspeed ZeRO stage": zero_stage(loop.accelerator)}
+            write_model(w, loop.accelerator, loop.model, weights, tokenizer, history, summary, _CARD, lora)
+            tracker.finish(summary)
     if hasattr(engine, "close"):  # a vLLM engine in this process: before the process group ends
         engine.close()
     finish_distributed()
@@ -180,11 +193,17 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
 
         rollouts = Dialogues(settings.dialogue, engine, load_user(settings.dialogue.user), tokenizer)
     opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
-    accelerator = make_accelerator(1, settings.online.minibatch_pairs)
+    micros = micro_batches_per_update(settings.online.minibatch_pairs, settings.micro_batch_pairs, world_size())
+    accelerator = make_accelerator(micros, settings.micro_batch_pairs, settings.max_grad_norm)
     loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, rollouts, score,
                       conversations, held_out, settings.max_invalid_fraction)
     if settings.engine == "vllm":
-        loop.after_update = lambda: engine.push(engine_weights(accelerator.unwrap_model(loop.model), settings.trainable))
+        def push() -> None:
+            unwrapped = accelerator.unwrap_model(loop.model)
+            with full_weights(accelerator, unwrapped):  # ZeRO-3: each rank gathers, then pushes into its engine
+                engine.push(engine_weights(unwrapped, settings.trainable))
+
+        loop.after_update, loop.after_sampling = push, engine.rest
     return loop, tokenizer, path, engine
 
 

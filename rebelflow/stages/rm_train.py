@@ -29,7 +29,7 @@ from rebelflow.rewards.classifier import reward_ids
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "rm_train", 1, "model"
+NAME, VERSION, KIND = "rm_train", 2, "model"  # v2: DeepSpeed clips at max_grad_norm (was 1.0)
 NEW_PAD = "[PAD]"
 
 

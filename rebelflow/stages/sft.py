@@ -25,7 +25,7 @@ from rebelflow.stages.prompts import read_dataset, require_columns
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "sft", 1, "model"
+NAME, VERSION, KIND = "sft", 2, "model"  # v2: DeepSpeed clips at max_grad_norm (was 1.0)
 
 
 class Settings(SFTConfig):

@@ -27,7 +27,7 @@ from rebelflow.ml.models import load_causal_lm, set_trainable
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "train", 2, "model"  # v2: top-k training includes the final norm and an untied LM head
+NAME, VERSION, KIND = "train", 3, "model"  # v2: top-k training includes the final norm and an untied LM head; v3: DeepSpeed clips at max_grad_norm (was 1.0)
 
 
 class Settings(TrainConfig):

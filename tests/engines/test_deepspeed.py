@@ -164,3 +164,80 @@ def test_reward_model_training_over_two_zero3_ranks_saves_a_classifier(tmp_path)
         [([{"role": "user", "content": "Tell me about tea."}], "It is warm and kind and good."),
          ([{"role": "user", "content": "Tell me about tea."}], "It is cold and grim and awful.")])
     assert scores[0].value > scores[1].value
+
+
+ONLINE = {"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 3, "epochs_per_iteration": 2,
+          "checkpoint_every": 2, "validate_every": 2, "validation_prompts": 3, "penalty_reward_value": None}
+
+
+@pytest.mark.parametrize("launcher", ["ddp", "zero2", "zero3"])
+def test_an_online_round_over_two_ranks_samples_its_share_and_updates_as_one_process(tmp_path, prompts_file, policy,
+                                                                                     launcher):
+    """One process, then two ranks (DDP over gloo, ZeRO-2, ZeRO-3): the two ranks sample the iteration's
+    prompts in equal shares (ZeRO-3 generating on gathered weights); given the one process's rollouts, they
+    end at its weights (each minibatch of 3 pairs and the partial one of 1 shared out in micro-batches of 1
+    pair, a rank short of pairs running one with weight 0)."""
+    cfg = make_config(tmp_path, prompts_file, policy={"model": policy}, online=ONLINE, stop_after="train",
+                      train={"lr": 3e-3, "eta": 2.0, "micro_batch_pairs": 1, "launcher": {"kind": "subprocess"}})
+    store, refs, policy_ref = run_round(cfg, policy, upto="prompts")
+    job = round_plan(cfg, 1, policy_ref, Baseline(eval_prompts=refs["prompts"])).online  # validation: 3 of them
+    assert launch(job, store) == job.ref
+    one = {k: v.clone() for k, v in load_file(store.path(job.ref) / "model/model.safetensors").items()}
+    rows = store.read_rows(job.ref)
+    shutil.move(store.path(job.ref), tmp_path / "one-process")
+
+    two_ranks = {"ddp": {"kind": "accelerate", "num_processes": 2}, "zero2": zero(2), "zero3": zero(3)}[launcher]
+    two = job.model_copy(update={"launcher": LauncherConfig(**two_ranks)})
+    assert launch(two, store) == job.ref  # sampling on both ranks
+    summary = store.manifest(job.ref)["summary"]
+    assert summary["processes"] == 2 and summary["iterations"] == 3 and summary["last val_score"] is not None
+    assert summary["deepspeed ZeRO stage"] == {"ddp": None, "zero2": 2, "zero3": 3}[launcher]
+    sampled = store.read_rows(job.ref)
+    assert [(r["iteration"], r["prompt_index"], r["sample"]) for r in sampled] == [
+        (r["iteration"], r["prompt_index"], r["sample"]) for r in rows]  # the same prompts, in prompt order
+    assert all(r["logp_old"] < 0 and r["response"] is not None for r in sampled)
+
+    shutil.rmtree(store.path(job.ref))  # again over two ranks, from the one process's rollouts
+    data = store.root / ".partial" / job.ref.id / "data"
+    data.mkdir(parents=True)
+    for shard in (tmp_path / "one-process" / "data").iterdir():
+        shutil.copy(shard, data / shard.name)
+    assert launch(two, store) == job.ref
+    assert store.read_rows(job.ref) == rows
+    got = load_file(store.path(job.ref) / "model/model.safetensors")
+    start = load_file(f"{policy}/model.safetensors")
+    assert sum(not torch.equal(start[k], one[k]) for k in one) >= len(one) // 2
+    for k in one:
+        assert torch.allclose(got[k], one[k], atol=2e-5), (k, (got[k] - one[k]).abs().max().item())
+
+
+def test_a_killed_online_round_over_two_zero3_ranks_resumes_byte_identical(tmp_path, prompts_file, policy):
+    """kill -9 of the launcher and both ranks after the checkpoint at iteration 2 of 4: the next launch
+    resumes from it (DeepSpeed's partitioned state) and finishes with the data and weights of an
+    uninterrupted two-rank round."""
+    online = {**ONLINE, "iterations": 4}
+    cfg = make_config(tmp_path, prompts_file, policy={"model": policy}, online=online, stop_after="train",
+                      train={"lr": 3e-3, "eta": 2.0, "micro_batch_pairs": 1, "launcher": zero(3)})
+    store, _, policy_ref = run_round(cfg, policy, upto="prompts")
+    job = round_plan(cfg, 1, policy_ref, Baseline()).online
+    assert launch(job, store) == job.ref
+    files = store.manifest(job.ref)["files"]
+    expected = {name: e["sha256"] for name, e in files.items() if name.startswith(("data/", "model/"))}
+    shutil.rmtree(store.path(job.ref))
+
+    job_file = store.root / "job.json"
+    job_file.write_text(job.model_dump_json())
+    cmd = [*_entry(job, sys.executable), "--job", str(job_file), "--store", str(store.root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if "checkpoint saved at update 2" in line:
+            kill_tree(proc.pid)
+            break
+    proc.wait()
+    assert proc.returncode != 0 and not store.is_complete(job.ref)
+    launch(job, store)
+    log = (store.root / "logs" / f"{job.ref.id}.log").read_text()
+    assert "resuming from checkpoint update-000002: 2 of 4 iterations done" in log
+    files = store.manifest(job.ref)["files"]
+    assert {name: e["sha256"] for name, e in files.items() if name.startswith(("data/", "model/"))} == expected

@@ -59,6 +59,53 @@ def test_pushed_weights_give_the_greedy_tokens_of_the_updated_policy(policy):  #
     assert out["1"]["pushed"] == 9 + 1  # the top layer's 9 tensors and the final norm (a tied head is the embeddings)
 
 
+SLEEP = r"""
+import json, sys, torch
+if not torch.cuda.is_available():
+    print("RESULT null")
+    raise SystemExit(0)
+from rebelflow.config.engines import VLLMConfig
+from rebelflow.engines.base import SamplingParams
+from rebelflow.engines.hf import HFEngine
+from rebelflow.engines.vllm import VLLMEngine
+from rebelflow.ml.models import engine_weights, load_causal_lm, set_trainable
+
+path = sys.argv[1]
+engine = VLLMEngine(path, "float32", cfg=VLLMConfig(gpu_memory_utilization=0.3, enforce_eager=True, max_model_len=256),
+                    in_process=True)
+prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(8)]
+greedy = SamplingParams(1, 0.0, 1.0, 12, 0)
+start = [c[0].token_ids for c in engine.generate(prompts, greedy)]
+awake = torch.cuda.mem_get_info()[0]
+engine.rest()
+resting = torch.cuda.mem_get_info()[0]
+model, _ = set_trainable(load_causal_lm(path, "float32"), 1, None)
+torch.manual_seed(7)
+with torch.no_grad():
+    for p in model.parameters():
+        if p.requires_grad:
+            p.add_(torch.randn_like(p) * 0.3)
+model = model.cuda().eval()
+want = [c[0].token_ids for c in HFEngine.resident(model, engine.tokenizer).generate(prompts, greedy)]
+engine.push(engine_weights(model, 1))  # wakes the weights
+got = [c[0].token_ids for c in engine.generate(prompts, greedy)]  # wakes the KV cache
+print("RESULT " + json.dumps({"freed": (resting - awake) / torch.cuda.mem_get_info()[1], "start": start,
+                              "want": want, "got": got}))
+"""
+
+
+def test_a_sleeping_engine_frees_its_gpu_memory_and_wakes_with_the_pushed_weights(policy):  # noqa: F811
+    """GPU only (vLLM's CPU build has no sleep mode): rest() frees the engine's share of the GPU (weights to
+    CPU memory, KV cache dropped); a push wakes the weights, a generation the cache, with the new weights."""
+    done = subprocess.run([str(VLLM_PYTHON), "-c", SLEEP, policy], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.split("RESULT ", 1)[1])
+    if out is None:
+        pytest.skip("vLLM's sleep mode needs a CUDA GPU (the CPU build has none); runs in the vllm tier on a GPU")
+    assert out["freed"] > 0.2  # most of the engine's 0.3 share
+    assert out["got"] == out["want"] and out["want"] != out["start"]
+
+
 def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, prompts_file, policy):  # noqa: F811
     launcher = {"kind": "subprocess", "env": "vllm"}
     cfg = make_config(

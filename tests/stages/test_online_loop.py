@@ -114,11 +114,15 @@ def test_a_reward_failing_for_many_replies_stops_the_round(tiny_policy, tmp_path
 
 def test_micro_batches_accumulate_to_the_minibatch_update(tiny_policy, tmp_path):
     """A minibatch split into micro-batches (train.micro_batch_pairs) takes the same update as in one piece."""
-    cfg = CFG.model_copy(update={"iterations": 2, "minibatch_pairs": 4})
-    whole, pieces = make_loop(tiny_policy, cfg), make_loop(tiny_policy, cfg, micro=1)
+    cfg = CFG.model_copy(update={"iterations": 2, "minibatch_pairs": 4, "penalty_reward_value": None})
+    whole = make_loop(tiny_policy, cfg)  # each loop made just before it runs: accelerate's state is one per process
+    start = {k: v.clone() for k, v in whole.model.state_dict().items()}
     a = whole.run(tmp_path / "a", Shards(), say=lambda line: None)
+    pieces = make_loop(tiny_policy, cfg, micro=1)
     b = pieces.run(tmp_path / "b", Shards(), say=lambda line: None)
+    assert pieces.micros == 4 and a[-1]["loss"] > 0  # the replies' own scores differ: a real update
     assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-4)
+    assert any(not torch.equal(start[k], v) for k, v in whole.model.state_dict().items())
     for x, y in zip(whole.model.state_dict().values(), pieces.model.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
