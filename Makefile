@@ -33,8 +33,8 @@ $(VLLM_STAMP):
 	  $(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec; \
 	fi
 	$(VLLM_VENV)/bin/pip install --quiet 'pyarrow>=15'
-	# what an online round's trainer needs beside its colocated engine (torch stays vLLM's)
-	$(VLLM_VENV)/bin/pip install --quiet -c constraints.txt accelerate peft
+	# what an online round's trainer needs beside its colocated engine, ZeRO included (torch stays vLLM's)
+	$(VLLM_VENV)/bin/pip install --quiet -c constraints.txt accelerate peft deepspeed
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 

@@ -405,10 +405,6 @@ class RunConfig(Section):
             (self.generate.engine == "vllm" and self.generate.vllm.tensor_parallel_size > 1,
              "an online round's vLLM engine runs in the training process, on its one GPU: set "
              "generate.vllm.tensor_parallel_size: 1"),
-            ((ranks or 1) > 1 and self.generate.engine == "vllm",
-             "an online round with generate.engine: vllm runs in one training process for now (one engine beside "
-             "one trainer on one GPU): set train.launcher.num_processes: 1, or sample with generate.engine: hf over "
-             "several processes"),
             (self.online.prompts_per_iteration % (ranks or 1) != 0,
              f"online.prompts_per_iteration ({self.online.prompts_per_iteration}) cannot be shared equally over "
              f"train.launcher.num_processes ({ranks}): each process samples an equal share, and under ZeRO the "

@@ -17,7 +17,8 @@ seeded generator back by its offset, which CPU generators do not have ("CPU Gene
 offset"), so a large seeded batch killed the engine. Unsplit prefills keep every seed's meaning.
 
 An online round keeps one engine in its training process (`in_process`) and pushes the updated weights into
-it after every iteration (`push`, vLLM's in-place reload: only the trained tensors need to go). On a GPU
+it after every iteration (`push`, vLLM's in-place reload: only the trained tensors need to go). Over several
+training processes each has its own engine (vLLM's external launcher: the rank's GPU, no work shared). On a GPU
 it sleeps between generations (`rest`: weights to CPU memory, KV cache freed, vLLM's sleep level 1), so the
 trainer's logprob passes and updates have that memory; a push wakes the weights, the next generation the
 KV cache. Level 1 because a push may carry only the trained tensors: the rest must come back as they were.
@@ -67,12 +68,16 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         self.tokenizer = with_template(AutoTokenizer.from_pretrained(model, revision=revision), chat_template)
         self.eot = end_of_turn_ids(self.tokenizer)
+        # several training processes (an online round over ranks): one engine per rank, on the rank's own GPU,
+        # joined to the launch's process group without working with the others (tensor_parallel_size 1)
+        ranks = in_process and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
         self.llm = vllm.LLM(
             model=model, tokenizer=model, revision=revision, dtype=dtype, seed=0,
             tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, enable_sleep_mode=self.sleeps,
             # CPU build: whole prefills only (vLLM then sizes a step's budget to at least max_model_len)
             **({} if torch.cuda.is_available() else {"enable_chunked_prefill": False}),
+            **({"distributed_executor_backend": "external_launcher"} if ranks else {}),
         )
         self.max_len = self.llm.llm_engine.model_config.max_model_len
 

@@ -164,7 +164,12 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     keep_start = start is not None and settings.trainable in ("all", "lora")
     reference = make_reference(model, settings.trainable, start.to(device()) if keep_start else start)
     del start
-    if settings.engine == "vllm":  # colocated: one engine in this process, the trained weights pushed into it
+    # after loading (under ZeRO-3 an accelerator would have the models load partitioned, and the reference
+    # would copy empty layers), before any vLLM engine: over several processes it makes the process group
+    # each rank's engine joins
+    micros = micro_batches_per_update(settings.online.minibatch_pairs, settings.micro_batch_pairs, world_size())
+    accelerator = make_accelerator(micros, settings.micro_batch_pairs, settings.max_grad_norm)
+    if settings.engine == "vllm":  # colocated: one engine per training process, the trained weights pushed into it
         from rebelflow.engines.vllm import VLLMEngine
 
         engine = VLLMEngine(path, settings.generate_dtype, policy.revision, settings.vllm, in_process=True,
@@ -193,8 +198,6 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
 
         rollouts = Dialogues(settings.dialogue, engine, load_user(settings.dialogue.user), tokenizer)
     opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
-    micros = micro_batches_per_update(settings.online.minibatch_pairs, settings.micro_batch_pairs, world_size())
-    accelerator = make_accelerator(micros, settings.micro_batch_pairs, settings.max_grad_norm)
     loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, rollouts, score,
                       conversations, held_out, settings.max_invalid_fraction)
     if settings.engine == "vllm":

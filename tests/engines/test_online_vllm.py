@@ -106,6 +106,60 @@ def test_a_sleeping_engine_frees_its_gpu_memory_and_wakes_with_the_pushed_weight
     assert out["got"] == out["want"] and out["want"] != out["start"]
 
 
+ZERO3_PUSH = r"""
+import json, sys, torch
+from rebelflow.config.engines import VLLMConfig
+from rebelflow.engines.base import SamplingParams
+from rebelflow.engines.hf import HFEngine
+from rebelflow.engines.vllm import VLLMEngine
+from rebelflow.ml.distributed import finish_distributed, full_weights, make_accelerator
+from rebelflow.ml.models import engine_weights, load_causal_lm, set_trainable
+
+path = sys.argv[1]
+model, _ = set_trainable(load_causal_lm(path, "float32"), 1)  # loaded whole, as the online stage does
+torch.manual_seed(7)
+with torch.no_grad():  # what updates do (the same on every rank)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.add_(torch.randn_like(p) * 0.3)
+accelerator = make_accelerator(1, 1)  # the launch's process group, which each rank's engine joins
+engine = VLLMEngine(path, "float32", cfg=VLLMConfig(**json.loads(sys.argv[2])), in_process=True)
+rank = accelerator.process_index
+prompts = [[{"role": "user", "content": f"Rank {rank} asks about item {i}."}] for i in range(4 + rank)]
+greedy = SamplingParams(1, 0.0, 1.0, 12, 0)
+start = [c[0].token_ids for c in engine.generate(prompts, greedy)]
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+model, optimizer = accelerator.prepare(model, optimizer)
+unwrapped = accelerator.unwrap_model(model)
+partitioned = sum(p.numel() == 0 for p in unwrapped.parameters())  # ZeRO-3 holds a shard elsewhere
+with full_weights(accelerator, unwrapped):
+    want = [c[0].token_ids for c in HFEngine.resident(unwrapped.eval(), engine.tokenizer).generate(prompts, greedy)]
+    engine.push(engine_weights(unwrapped, 1))
+got = [c[0].token_ids for c in engine.generate(prompts, greedy)]
+print("RESULT " + json.dumps({"rank": rank, "partitioned": partitioned, "start": start, "want": want, "got": got}),
+      flush=True)
+engine.close()
+finish_distributed()
+"""
+
+
+def test_zero3_ranks_push_their_gathered_weights_into_their_own_engines(policy, tmp_path):  # noqa: F811
+    """Two ZeRO-3 ranks, each with its own vLLM engine (different prompts, different numbers of requests):
+    the weights gathered from the partitions and pushed give the greedy tokens of the updated policy, which
+    transformers generates on the same gathered weights (DeepSpeed's hooks set aside)."""
+    script = tmp_path / "zero3_push.py"
+    script.write_text(ZERO3_PUSH)
+    cmd = [str(VLLM_PYTHON), "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
+           str(REPO / "configs/accelerate/zero3.yaml"), "--mixed_precision", "no", str(script), policy, json.dumps(VLLM)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    for r in results:
+        assert r["partitioned"] > 0
+        assert r["got"] == r["want"] and r["want"] != r["start"], r
+
+
 def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, prompts_file, policy):  # noqa: F811
     launcher = {"kind": "subprocess", "env": "vllm"}
     cfg = make_config(
@@ -126,6 +180,29 @@ def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, pro
     metrics = [json.loads(line) for line in (store.path(refs["online"]) / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2, 3] and "val_score" in metrics[-1]
     assert store.is_complete(refs["evaluate"])  # the round's policy evaluated against the starting one
+
+
+def test_an_online_round_over_two_zero3_ranks_samples_with_an_engine_on_each(tmp_path, prompts_file, policy):  # noqa: F811
+    """A whole round over two ZeRO-3 ranks in the vLLM environment: each rank samples its share of the
+    prompts with its own engine, which takes the gathered weights after every iteration."""
+    cfg = make_config(
+        tmp_path, prompts_file, policy={"model": policy}, stop_after="train",
+        generate={"engine": "vllm", "vllm": {**VLLM, "gpu_memory_utilization": 0.3}, "max_new_tokens": 8,
+                  "temperature": 1.0, "top_p": 1.0},
+        online={"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 2, "checkpoint_every": 2},
+        train={"launcher": {"kind": "accelerate", "num_processes": 2, "env": "vllm",
+                            "config_file": str(REPO / "configs/accelerate/zero3.yaml")},
+               "trainable": 1, "lr": 1e-2, "eta": 1.0, "micro_batch_pairs": 1},
+    )
+    store, refs, _ = run_round(cfg, policy, upto="online")
+    summary = store.manifest(refs["online"])["summary"]
+    assert summary["processes"] == 2 and summary["deepspeed ZeRO stage"] == 3
+    rows = store.read_rows(refs["online"])
+    assert len(rows) == 3 * 4 * 2 and len({(r["iteration"], r["prompt_index"]) for r in rows}) == 3 * 4
+    assert all(abs(r["kl"]) < 1e-4 for r in rows if r["iteration"] == 1)
+    assert any(abs(r["kl"]) > 1e-3 for r in rows if r["iteration"] == 3)
+    log = (store.root / "logs" / f"{refs['online'].id}.log").read_text()
+    assert "external launcher" in log and "Traceback" not in log
 
 
 def test_a_killed_online_round_with_vllm_resumes_byte_identical(tmp_path, prompts_file, policy):  # noqa: F811

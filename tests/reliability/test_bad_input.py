@@ -109,11 +109,6 @@ BEFORE_WORK = {
                                           ["train.launcher.kind=accelerate", "train.launcher.num_processes=2"],
                                           r"prompts_per_iteration \(3\) cannot be shared equally over "
                                           r"train.launcher.num_processes \(2\).*multiple of 2"),
-    "online vllm over several processes": ({"online": {"iterations": 2}, "stop_after": "train"},
-                                           ["generate.engine=vllm", "train.launcher.kind=accelerate",
-                                            "train.launcher.num_processes=2", "train.launcher.env=vllm",
-                                            "generate.vllm.gpu_memory_utilization=0.3"],
-                                           r"vllm runs in one training process for now.*generate.engine: hf"),
     "online stopping before training": ({"online": {"iterations": 2}}, [],
                                         r"stop_after 'prepare' cannot stop before it: set stop_after: train"),
     "online minibatch above its pairs": ({"online": {"iterations": 2, "prompts_per_iteration": 2, "minibatch_pairs": 4},
