@@ -108,18 +108,20 @@ def _add_column(table: Table, name: str, ids: list[str] | None = None) -> None:
 
 
 def _print_rounds(summary: dict, store_root: str) -> None:
-    from rebelflow.flows.summary import by_turn_text
+    from rebelflow.flows.summary import by_turn_text, judge_text
 
     table = Table(title=f"evaluation per round (round 0 = the starting policy) · campaign {summary['campaign']}")
     by_turn = any("win_rate_by_turn" in r for r in summary["rounds"])
     for col in ("round", "policy reward", "baseline reward", "win rate vs baseline"):
         table.add_column(col, justify="right")
     table.add_column("win rate by turn 1..H" if by_turn else "mean tokens", justify="right")
+    judged = any("judge_win_rate" in r for r in summary["rounds"])
+    if judged:
+        table.add_column("judge win rate" + (" (by turn)" if by_turn else ""), justify="right")
     for r in summary["rounds"]:
         last = by_turn_text(r) if by_turn else f"{r['mean_tokens']:.1f}"
-        table.add_row(
-            str(r["round"]), f"{r['reward_mean']:.4f}", f"{r['baseline_reward_mean']:.4f}", f"{r['win_rate']:.3f}", last
-        )
+        cells = [str(r["round"]), f"{r['reward_mean']:.4f}", f"{r['baseline_reward_mean']:.4f}", f"{r['win_rate']:.3f}", last]
+        table.add_row(*cells, *([judge_text(r)] if judged else []))
     console.print(table)
     folder = f"{store_root}/campaigns/{summary['campaign']}"
     online = " · online iterations: online.png" if summary.get("online") else ""

@@ -7,6 +7,7 @@ names the key and the valid ones.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -14,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from rebelflow.config.base import Section
 from rebelflow.config.dialogue import DEFAULT_USER_TEMPLATE, DialogueConfig, OpenAIConfig, UserConfig  # noqa: F401
 from rebelflow.config.engines import DTYPE, VLLMConfig
+from rebelflow.config.judge import JudgeConfig
 from rebelflow.config.online import OnlineConfig
 from rebelflow.config.operations import HubConfig, TrackingConfig, WandbConfig  # noqa: F401  (re-exported)
 
@@ -48,6 +50,20 @@ class LauncherConfig(Section):
         if self.kind != "accelerate" and (self.config_file or self.num_processes):
             raise ValueError("num_processes and config_file are accelerate options: set kind: accelerate.")
         return self
+
+    def processes(self) -> int:
+        """The processes this launch starts: num_processes, else the accelerate config file's, else 1."""
+        if self.kind != "accelerate":
+            return 1
+        if self.num_processes:
+            return self.num_processes
+        if self.config_file and Path(self.config_file).is_file():
+            import yaml
+
+            n = (yaml.safe_load(Path(self.config_file).read_text()) or {}).get("num_processes")
+            if isinstance(n, int) and n >= 1:
+                return n
+        return 1
 
 
 class TinyModelConfig(Section):
@@ -247,14 +263,17 @@ class TrainConfig(Section):
             )
         if isinstance(self.trainable, int) and self.trainable < 1:
             raise ValueError(f"trainable ({self.trainable}) must be 'all', 'lora' or a number of top layers >= 1.")
-        ranks = self.launcher.num_processes if self.launcher.kind == "accelerate" else None
-        if ranks and self.pairs_per_update % (ranks * self.micro_batch_pairs):
+        return self
+
+    def split_over_ranks(self) -> None:
+        """An iterative round's update is shared out in equal micro-batches (online rounds split minibatch_pairs)."""
+        ranks = self.launcher.processes()
+        if self.pairs_per_update % (ranks * self.micro_batch_pairs):
             raise ValueError(
-                f"pairs_per_update ({self.pairs_per_update}) must split into equal micro-batches of "
-                f"micro_batch_pairs ({self.micro_batch_pairs}) over launcher.num_processes ({ranks}). Make it a "
+                f"train.pairs_per_update ({self.pairs_per_update}) must split into equal micro-batches of "
+                f"micro_batch_pairs ({self.micro_batch_pairs}) over the launcher's {ranks} processes. Make it a "
                 f"multiple of {ranks * self.micro_batch_pairs}."
             )
-        return self
 
 
 class EvaluateConfig(Section):
@@ -266,6 +285,8 @@ class EvaluateConfig(Section):
     seed: int = 1234
     batch_size: int = Field(8, ge=1)
     launcher: LauncherConfig = LauncherConfig()
+    judge: JudgeConfig | None = Field(None, description="an LLM judge of the new policy against the baseline, "
+                                                        "beside the reward-model win rate (per turn for dialogues)")
 
 
 class SFTConfig(Section):
@@ -385,8 +406,9 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _online(self) -> RunConfig:
         if self.online is None:
+            self.train.split_over_ranks()
             return self
-        ranks = self.train.launcher.num_processes if self.train.launcher.kind == "accelerate" else 1
+        ranks = self.train.launcher.processes()
         problems = [
             (self.dialogue is not None and self.online.samples_per_prompt != 2,
              "a multi-turn online round makes two dialogues per prompt (the second branched at turn h): set "
@@ -405,10 +427,10 @@ class RunConfig(Section):
             (self.generate.engine == "vllm" and self.generate.vllm.tensor_parallel_size > 1,
              "an online round's vLLM engine runs in the training process, on its one GPU: set "
              "generate.vllm.tensor_parallel_size: 1"),
-            (self.online.prompts_per_iteration % (ranks or 1) != 0,
-             f"online.prompts_per_iteration ({self.online.prompts_per_iteration}) cannot be shared equally over "
-             f"train.launcher.num_processes ({ranks}): each process samples an equal share, and under ZeRO the "
-             f"processes' passes must match. Make it a multiple of {ranks}"),
+            (self.online.prompts_per_iteration % ranks != 0,
+             f"online.prompts_per_iteration ({self.online.prompts_per_iteration}) cannot be shared equally over the "
+             f"train launcher's {ranks} processes: each samples an equal share (so none is empty, and under ZeRO the "
+             f"ranks' logprob passes stay in step). Make it a multiple of {ranks}"),
             (self.stop_after not in ("train", "evaluate"), f"an online round trains as it samples, so stop_after "
                                                            f"'{self.stop_after}' cannot stop before it: set stop_after: train or evaluate"),
         ]

@@ -3,7 +3,8 @@ other machines). Requests run `concurrency` at a time; the client retries connec
 answers `max_retries` times with exponential backoff. The API key is read from the environment variable
 named by `api_key_env`, never from the config, so it appears in no fingerprint, manifest or log.
 
-The endpoint returns text, not token ids: use it where no tokens are trained on (the simulated user).
+The endpoint returns text, not token ids: use it where no tokens are trained on (the simulated user,
+LLM judges).
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ class OpenAIEngine:
         choice = reply.choices[0]
         finish = "length" if choice.finish_reason == "length" else "stop"
         return Completion(text=choice.message.content or "", token_ids=[], finish_reason=finish, seed=seed)
+
+    def chat(self, messages: list[Message], temperature: float, max_tokens: int,
+             top_logprobs: int = 0) -> tuple[str, dict[str, float] | None]:
+        """One request (a judge's): the reply's text and, with top_logprobs, the most likely first tokens'
+        logprobs (None when the server returns none)."""
+        extra = {"logprobs": True, "top_logprobs": top_logprobs} if top_logprobs else {}
+        reply = self.client.chat.completions.create(model=self.cfg.model, messages=messages, temperature=temperature,
+                                                    max_tokens=max_tokens, n=1, **extra)
+        choice = reply.choices[0]
+        first = choice.logprobs.content[0] if top_logprobs and choice.logprobs and choice.logprobs.content else None
+        return choice.message.content or "", None if first is None else {t.token: t.logprob for t in first.top_logprobs}
 
     def generate(self, prompts: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]

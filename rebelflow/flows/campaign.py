@@ -25,17 +25,20 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     step = Steps(cfg.campaign, store, cfg.hub, cfg.tracking)
     for job in base.jobs:  # the starting policy (tiny build, SFT) and the baseline's evaluation samples
         step(job)
-    records, policy, evaluations, online = step.records, base.policy, [], []
+    records, policy, evaluations, online, judged = step.records, base.policy, [], [], {}
     for k in range(1, min(through or cfg.rounds, cfg.rounds) + 1):
         out = round_flow(cfg, k, policy, base.eval_prompts, base.eval_scored, base.policy)
         records += out["records"]
         policy = out["policy"]
         if out["evaluation"] is not None:
             evaluations.append((k, out["evaluation"]))
+        if out.get("judged") is not None:
+            judged[k] = out["judged"]
         if cfg.online is not None:
             online.append((k, policy))
     summary = None
     if base.eval_scored is not None:
-        summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations, cfg.dialogue is not None, online)
+        summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations, cfg.dialogue is not None, online,
+                                   judged)
     publish_campaign(cfg.campaign, records, summary, store)
     return {"records": records, "summary": summary, "policy": policy}

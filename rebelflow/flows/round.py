@@ -36,4 +36,5 @@ def round_flow(
     step(plan.eval_generate)  # the new policy on the held-out prompts
     step(plan.eval_score)
     evaluation = step(plan.evaluate)  # the new policy against the baseline: win rate, rewards
-    return {"records": step.records, "policy": plan.policy or policy, "evaluation": evaluation}
+    judged = step(plan.judge)  # the same pairs judged by an LLM judge, both orders (evaluate.judge)
+    return {"records": step.records, "policy": plan.policy or policy, "evaluation": evaluation, "judged": judged}

@@ -16,10 +16,11 @@ from rebelflow.store.refs import ArtifactRef
 
 def campaign_summary(
     store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]],
-    dialogues: bool = False, online: list[tuple[int, ArtifactRef]] = (),
+    dialogues: bool = False, online: list[tuple[int, ArtifactRef]] = (), judged: dict[int, ArtifactRef] | None = None,
 ) -> dict[str, Any]:
     """Write summary.json and summary.png (and online.png, the per-iteration curves of online rounds);
-    returns the summary."""
+    returns the summary. `judged`: per round, its judge artifact (evaluate.judge), whose win rate joins
+    the round's entry."""
     base_rows = store.read_rows(baseline_scored)
     if dialogues:
         start = evaluate_dialogues.summarise(evaluate_dialogues.compare(base_rows, base_rows))
@@ -28,6 +29,10 @@ def campaign_summary(
     rounds = [_entry(0, start, baseline_scored)]
     for k, ref in evaluations:
         rounds.append(_entry(k, store.manifest(ref)["summary"], ref))
+        if judged and k in judged:
+            j = store.manifest(judged[k])["summary"]
+            rounds[-1].update({key: j[key] for key in ("judge_win_rate", "judge_win_rate_by_turn") if key in j})
+            rounds[-1]["judge"] = j["judge"]
     summary = {"campaign": campaign, "rounds": rounds}
     folder = store.root / "campaigns" / campaign
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +109,15 @@ def by_turn_text(entry: dict[str, Any], sep: str = " ") -> str:
     return sep.join("–" if w is None else f"{w:.2f}" for w in entry.get("win_rate_by_turn") or []) or "–"
 
 
+def judge_text(entry: dict[str, Any]) -> str:
+    """A round's judge win rate for tables (with its per-turn figures for dialogues); '–' when not judged."""
+    if entry.get("judge_win_rate") is None:
+        return "–"
+    turns = entry.get("judge_win_rate_by_turn")
+    per_turn = " (" + " ".join("–" if w is None else f"{w:.2f}" for w in turns) + ")" if turns else ""
+    return f"{entry['judge_win_rate']:.3f}{per_turn}"
+
+
 def plot(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -119,6 +133,9 @@ def plot(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     left.set_xticks(ks)
     right = left.twinx()
     right.plot(ks, [r["win_rate"] for r in rounds], "s-", color="tab:orange", label="win rate vs baseline")
+    judged = [(r["round"], r["judge_win_rate"]) for r in rounds if r.get("judge_win_rate") is not None]
+    if judged:
+        right.plot(*zip(*judged, strict=True), "^:", color="tab:green", label="judge win rate")
     right.set_ylim(0, 1)
     right.set_ylabel("win rate")
     lines = left.get_lines() + right.get_lines()

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from rebelflow.flows.summary import by_turn_text
+from rebelflow.flows.summary import by_turn_text, judge_text
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
 
@@ -69,11 +69,11 @@ def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict
     lines = [
         f"### campaign {campaign}",
         "",
-        "| round | policy reward | baseline reward | win rate vs baseline | win rate by turn |",
-        "|---|---|---|---|---|",
+        "| round | policy reward | baseline reward | win rate vs baseline | win rate by turn | judge win rate |",
+        "|---|---|---|---|---|---|",
         *(
             f"| {r['round']} | {r['reward_mean']:.4f} | {r['baseline_reward_mean']:.4f} | {r['win_rate']:.3f} | "
-            f"{by_turn_text(r, ' · ')} |"
+            f"{by_turn_text(r, ' · ')} | {judge_text(r)} |"
             for r in summary["rounds"]
         ),
         "",

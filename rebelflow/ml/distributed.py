@@ -111,26 +111,31 @@ def make_accelerator(accumulation_steps: int, micro_batch: int, max_grad_norm: f
     if accelerator.state.deepspeed_plugin is not None:
         config = accelerator.state.deepspeed_plugin.deepspeed_config
         config["train_micro_batch_size_per_gpu"] = micro_batch
+        config["gradient_accumulation_steps"] = accumulation_steps  # a config's own number would win otherwise
         if config.get("gradient_clipping", "auto") == "auto":
             config["gradient_clipping"] = float(max_grad_norm or 0.0)
     return accelerator
 
 
 @contextmanager
-def full_weights(accelerator, model):
-    """Every parameter whole on this rank for the duration (ZeRO-3 partitions them): for generation, whose
-    steps differ in number between ranks, and for pushing weights into an engine. Under ZeRO-3 the gathered
-    module runs without DeepSpeed's fetch/release hooks (they would re-partition each layer after its
-    forward and gather it again collectively, step by step); they are put back afterwards. Nothing to do
-    otherwise."""
+def full_weights(accelerator, model, params: list | None = None):
+    """Parameters whole on this rank for the duration (ZeRO-3 partitions them): all of them for generation,
+    whose steps differ in number between ranks, or `params` (say, those pushed into an engine). Under ZeRO-3
+    the gathered module runs without DeepSpeed's fetch/release hooks (they would re-partition each layer after
+    its forward and gather it again collectively, step by step); they are put back afterwards. Nothing to do
+    otherwise. Relies on DeepSpeed 0.19's hook bookkeeping (constraints.txt pins it)."""
     if zero_stage(accelerator) != 3:
         yield
         return
     import deepspeed
+    from deepspeed.runtime.zero import parameter_offload
 
     engine = accelerator.deepspeed_engine_wrapped.engine
     offload = getattr(engine.optimizer, "parameter_offload", None) or engine.optimizer
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+    if not all(hasattr(offload, name) for name in ("_remove_module_hooks", "setup_zero_stage3_hooks", "forward_hooks")):
+        raise RuntimeError(f"DeepSpeed {deepspeed.__version__} keeps ZeRO-3's module hooks differently from 0.19, "
+                           "which rebelflow's gathered generation relies on: install deepspeed 0.19.x.")
+    with deepspeed.zero.GatheredParameters(list(params if params is not None else model.parameters()), modifier_rank=None):
         offload._remove_module_hooks()
         offload.forward_hooks, offload.backward_hooks = [], []
         for p in model.parameters():
@@ -138,4 +143,6 @@ def full_weights(accelerator, model):
         try:
             yield
         finally:
+            depth = len(parameter_offload.FWD_MODULE_STACK)
             offload.setup_zero_stage3_hooks()
+            del parameter_offload.FWD_MODULE_STACK[depth:]  # it pushes the root module again each time

@@ -23,17 +23,18 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from rebelflow.config.errors import DataError
+from rebelflow.config.errors import ConfigError, DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.batching import batch_logps, pair_loss, split
 from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
-from rebelflow.ml.distributed import Ranks, from_main, full_weights, gather_lists, using_deepspeed
+from rebelflow.ml.distributed import Ranks, from_main, full_weights, gather_lists, using_deepspeed, zero_stage
 from rebelflow.ml.driver import Checkpoints
 from rebelflow.ml.online import (
     AdaptiveKL,
@@ -43,6 +44,7 @@ from rebelflow.ml.online import (
     response_kl,
     shaped_rewards,
 )
+from rebelflow.store.local import write_json_atomic
 
 Message = dict[str, str]
 # sample(conversations, samples per conversation, seed, temperature) -> per conversation, per sample: token ids
@@ -150,15 +152,21 @@ class OnlineLoop:
     def __init__(self, cfg: OnlineConfig, opt: Optimization, accelerator, model, tokenizer, reference,
                  rollouts: Rollouts, score: Scorer, prompts: list[dict], validation: list[dict] = (),
                  max_invalid_fraction: float = 1.0, after_update: Callable[[], None] | None = None,
-                 after_sampling: Callable[[], None] | None = None):
+                 after_sampling: Callable[[], None] | None = None, gather_to_sample: bool = True):
         """`prompts` and `validation`: prompts rows (`messages`, and what the rollouts read besides).
         `after_update` runs whenever the weights changed before the next sampling (after each iteration's
         regression and after a resume): an engine outside the model takes the new weights there.
-        `after_sampling` runs when an iteration's (or a validation's) sampling is done: an engine can free
-        its memory for the trainer there."""
+        `after_sampling` runs when an iteration's (or a validation's) sampling is done, or its rollouts were
+        read back from a shard: an engine can free its memory for the trainer there. `gather_to_sample`: the
+        engine generates with the trained model itself (transformers), so under ZeRO-3 it needs the whole
+        model gathered while it samples (a vLLM engine holds its own weights)."""
         self.cfg, self.opt, self.accelerator, self.tokenizer = cfg, opt, accelerator, tokenizer
         self.ranks, self.rank = accelerator.num_processes, accelerator.process_index
         self.main = accelerator.is_main_process
+        if cfg.prompts_per_iteration % self.ranks:
+            raise ConfigError(f"online.prompts_per_iteration ({cfg.prompts_per_iteration}) cannot be shared equally "
+                              f"over {self.ranks} processes: make it a multiple of {self.ranks}.")
+        self.gather_to_sample = gather_to_sample
         self.group = None if self.ranks == 1 else Ranks(self.rank, self.ranks)
         self.micros = micro_batches_per_update(cfg.minibatch_pairs, opt.micro_batch_pairs, self.ranks)
         accelerator.gradient_accumulation_steps = self.micros  # before prepare: DeepSpeed takes it from there
@@ -176,6 +184,12 @@ class OnlineLoop:
         optimizer = torch.optim.AdamW(stepped, lr=1.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if using_deepspeed():  # a launch config's own number would step every micro-batch
+            steps = accelerator.deepspeed_engine_wrapped.engine.gradient_accumulation_steps()
+            if steps != self.micros:
+                raise ConfigError(f"DeepSpeed accumulates over {steps} micro-batches, the online round needs "
+                                  f"{self.micros}: remove gradient_accumulation_steps from the accelerate/DeepSpeed "
+                                  "config (rebelflow sets it).")
         self.scheduler = scheduler
         accelerator.register_for_checkpointing(scheduler)
         if self.masters is not None:
@@ -217,6 +231,7 @@ class OnlineLoop:
             started = time.time()
             if from_main(self.group, shards.has(it) if self.main else None):
                 rows = from_main(self.group, shards.read(it) if self.main else None)
+                self.after_sampling()  # no sampling this time: the engine rests all the same
             else:
                 batch = order[it * self.cfg.prompts_per_iteration:(it + 1) * self.cfg.prompts_per_iteration]
                 rows = self.rollout(batch, it)
@@ -239,8 +254,15 @@ class OnlineLoop:
         latest = checkpoints.latest()
         if latest is None:
             return 0, []
-        self.accelerator.load_state(str(latest))
         meta = json.loads((latest / "loop.json").read_text())
+        launch = {"processes": self.ranks, "zero_stage": zero_stage(self.accelerator)}
+        if {k: meta[k] for k in launch if k in meta} != {k: v for k, v in launch.items() if k in meta}:
+            raise ConfigError(
+                f"the checkpoint {latest} was written by {meta['processes']} process(es) under ZeRO stage "
+                f"{meta['zero_stage']}; this launch has {self.ranks} under {launch['zero_stage']}. Resume with the "
+                f"launcher that wrote it, or delete {checkpoints.root} to start the round over."
+            )
+        self.accelerator.load_state(str(latest))
         if self.kl is not None and meta.get("kl_coef") is not None:
             self.kl.value = meta["kl_coef"]
         say(f"resuming from checkpoint {latest.name}: {meta['update']} of {self.cfg.iterations} iterations done")
@@ -248,9 +270,11 @@ class OnlineLoop:
 
     def _save(self, checkpoints: Checkpoints, iteration: int, history: list[dict], say) -> None:
         checkpoints.save(iteration, history, say)
-        if self.kl is not None and self.accelerator.is_main_process:
+        if self.main:  # what a resume must match, and the adaptive KL coefficient
             path = checkpoints.root / f"update-{iteration:06d}" / "loop.json"
-            path.write_text(json.dumps({**json.loads(path.read_text()), "kl_coef": self.kl.value}))
+            extra = {"processes": self.ranks, "zero_stage": zero_stage(self.accelerator),
+                     "kl_coef": None if self.kl is None else self.kl.value}
+            write_json_atomic(path, {**json.loads(path.read_text()), **extra})
 
     def share(self, items: list) -> list:
         """This rank's contiguous share of `items` (equal shares when the ranks divide them)."""
@@ -272,8 +296,11 @@ class OnlineLoop:
         batch = self.share(batch)
         self.model.eval()
         unwrapped = self.accelerator.unwrap_model(self.model)
-        with full_weights(self.accelerator, unwrapped):  # ZeRO-3: generation and logprobs on the whole model
-            rows = self._rollout(batch, iteration, seed, unwrapped)
+        with self._sampling_weights(unwrapped):  # ZeRO-3: transformers samples on the whole model
+            rows = self.rollouts.collect([self.prompts[i] for i in batch], seed, self.opt.temperature, False)
+        self.after_sampling()
+        with full_weights(self.accelerator, unwrapped):  # ZeRO-3: top-k and LoRA references share the policy's modules
+            rows = self._rewarded(rows, batch, iteration, unwrapped)
         rows = self.gathered(rows)
         invalid = sum(r["score"] != r["score"] for r in rows)  # NaN
         if invalid > self.max_invalid_fraction * len(rows):
@@ -284,9 +311,11 @@ class OnlineLoop:
             )
         return rows
 
-    def _rollout(self, batch: list[int], iteration: int, seed: int, unwrapped) -> list[dict[str, Any]]:
-        rows = self.rollouts.collect([self.prompts[i] for i in batch], seed, self.opt.temperature, False)
-        self.after_sampling()
+    def _sampling_weights(self, unwrapped):
+        return full_weights(self.accelerator, unwrapped) if self.gather_to_sample else nullcontext()
+
+    def _rewarded(self, rows: list[dict], batch: list[int], iteration: int, unwrapped) -> list[dict[str, Any]]:
+        """Scores, π_old and reference logprobs, KL and shaped rewards of this rank's rows."""
         for r in rows:
             r.update(iteration=iteration + 1, prompt_index=batch[r.pop("prompt")])
         scores = self._scores(rows)
@@ -311,7 +340,7 @@ class OnlineLoop:
         (seeded alike every time, so validations differ only by the policy), and how many ended. The ranks
         share the prompts out."""
         self.model.eval()
-        with full_weights(self.accelerator, self.accelerator.unwrap_model(self.model)):
+        with self._sampling_weights(self.accelerator.unwrap_model(self.model)):
             rows = self.rollouts.collect(self.share(self.validation), self.cfg.seed + 7 + 50_021 * self.rank,
                                          self.cfg.validation_temperature, True)
         self.after_sampling()
@@ -322,6 +351,8 @@ class OnlineLoop:
 
     def _logps(self, logps, rows: list[dict]) -> torch.Tensor:
         """logps(ids, masks, temperature, pad) over the rows in chunks of a micro-batch's responses."""
+        if not rows:
+            return torch.zeros(0)
         return torch.cat([logps([r["ids"] for r in c], [r["mask"] for r in c], self.opt.temperature, self.pad)
                           for c in split(rows, self.opt.micro_batch_pairs * 2)])
 

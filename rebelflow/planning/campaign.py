@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rebelflow.config.campaign import RunConfig
+from rebelflow.judges import judge_identity
 from rebelflow.ml.tracking import run_info
 from rebelflow.planning.environments import hardware_key
 from rebelflow.planning.jobs import StageJob, make_job
@@ -30,6 +31,7 @@ from rebelflow.stages import (
     evaluate_dialogues,
     generate,
     generate_dialogues,
+    judge,
     logprobs,
     online,
     prepare,
@@ -95,9 +97,11 @@ class RoundPlan:
     eval_generate: StageJob | None = None  # the new policy on the held-out prompts
     eval_score: StageJob | None = None
     evaluate: StageJob | None = None  # the new policy against the baseline
+    judge: StageJob | None = None  # the same pairs judged by an LLM judge (evaluate.judge)
 
     STEPS: ClassVar[tuple[str, ...]] = (
         "prompts", "online", "generate", "score", "prepare", "logprobs", "train", "eval_generate", "eval_score", "evaluate",
+        "judge",
     )
 
     def jobs(self) -> list[StageJob]:
@@ -146,6 +150,9 @@ def _evaluation(cfg: RunConfig, r: RoundPlan, k: int, base: Baseline, trained: A
     r.eval_generate, r.eval_score = _eval_samples(cfg, k, base.eval_prompts, trained)
     r.evaluate = make_job(evaluate_dialogues if cfg.dialogue is not None else evaluate, k, evaluate.Settings(),
                           [r.eval_score.ref, base.eval_scored], name="evaluate")
+    if cfg.evaluate.judge is not None:
+        settings = judge.Settings(judge=cfg.evaluate.judge, judge_identity=judge_identity(cfg.evaluate.judge))
+        r.judge = make_job(judge, k, settings, [r.evaluate.ref])
 
 
 def _online_settings(cfg: RunConfig, k: int) -> online.Settings:
@@ -161,7 +168,7 @@ def _online_settings(cfg: RunConfig, k: int) -> online.Settings:
         engine=cfg.generate.engine,
         **({"vllm": cfg.generate.vllm, "generate_dtype": cfg.generate.dtype} if cfg.generate.engine == "vllm" else {}),
         total_updates=cfg.rounds * per_round, first_update=(k - 1) * per_round, seed=t.seed,
-        max_invalid_fraction=cfg.score.max_invalid_fraction,
+        processes=t.launcher.processes(), max_invalid_fraction=cfg.score.max_invalid_fraction,
         dialogue=_dialogue_settings(cfg, cfg.generate, True) if cfg.dialogue is not None else None,
         tracking=run_info(cfg.tracking, cfg.store.root, cfg.campaign, f"{cfg.campaign}-r{k}-online", "online"),
     )

@@ -135,8 +135,10 @@ def _entry(job: StageJob, python: str) -> list[str]:
         cmd += ["--num_processes", str(processes)]
     if job.launcher.config_file:
         cmd += ["--config_file", job.launcher.config_file]
-        if not _cuda():  # the shipped DeepSpeed configs ask for bf16 on GPUs; a CPU run computes in fp32
-            cmd += ["--mixed_precision", "no"]
+        # the stage's dtype decides, not the config's mixed_precision: DeepSpeed would cast an fp32 policy to
+        # bf16 at prepare while its logprobs and reference stay fp32. A CPU run computes in fp32.
+        precision = {"bfloat16": "bf16", "float16": "fp16"}.get(job.settings.get("dtype"), "no") if _cuda() else "no"
+        cmd += ["--mixed_precision", precision]
     else:  # explicit defaults, so accelerate does not read (or warn about) a user-level default config
         cmd += ["--num_processes", "1"] if processes is None else []
         cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]

@@ -4,7 +4,7 @@ the reward model loaded once (ml.online_loop). Sampling is transformers generati
 process on the weights being trained, or (generate.engine: vllm) a vLLM engine in the same process that
 takes the updated weights after every iteration (and sleeps between generations on a GPU). Over several
 processes (train.launcher: accelerate, DDP or ZeRO) each rank samples its share of the prompts on its own
-transformers engine; the main process writes the artifact. With a dialogue section each prompt gives two dialogues branched at
+engine (transformers, or a vLLM engine per rank); the main process writes the artifact. With a dialogue section each prompt gives two dialogues branched at
 a turn h (REFUEL setting two, user turns from the data): the trained reply is turn h's, the reward the
 whole dialogue's.
 
@@ -25,7 +25,7 @@ import torch
 
 from rebelflow.config.base import Section
 from rebelflow.config.campaign import VLLM_SPEED_ONLY, LoraConfig, RewardConfig, VLLMConfig
-from rebelflow.config.errors import DataError
+from rebelflow.config.errors import ConfigError, DataError
 from rebelflow.config.online import OnlineConfig
 from rebelflow.ml.chat import policy_tokenizer, prompt_ids, tokenize_reply, turn_positions
 from rebelflow.ml.distributed import (
@@ -44,7 +44,7 @@ from rebelflow.stages import generate_dialogues
 from rebelflow.store.local import ArtifactWriter, Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "online", 2, "model"
+NAME, VERSION, KIND = "online", 3, "model"  # v3: over several processes; the process count in the fingerprint
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SCHEMA = pa.schema([
     ("iteration", pa.int64()), ("prompt_index", pa.int64()), ("sample", pa.int64()),
@@ -89,6 +89,7 @@ class Settings(Section):
     total_updates: int  # the campaign's, so the schedule anneals across rounds
     first_update: int
     seed: int
+    processes: int = 1  # the training launch's: each rank samples its share with its own seeds
     max_invalid_fraction: float = 0.1  # score.max_invalid_fraction: more invalid rewards stop the round
     # multi-turn rounds (REFUEL setting two): how dialogues are rolled out (seeds and temperature are the loop's)
     dialogue: generate_dialogues.Settings | None = None
@@ -124,6 +125,12 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
     if not conversations:
         raise DataError("the round has no prompts. Check prompts.source and prompts.per_round.")
     held_out = store.read_rows(validation) if validation is not None else []
+    if world_size() != settings.processes:
+        raise ConfigError(
+            f"this online round was planned for {settings.processes} training process(es) (train.launcher) but "
+            f"was launched with {world_size()}: each rank samples its share with its own seeds, so the process "
+            "count is part of the round's fingerprint. Plan and launch it with the same train.launcher."
+        )
     loop, tokenizer, path, engine = _loop(settings, store, policy, initial, conversations, held_out)
     main = loop.accelerator.is_main_process
     tracker = Tracker(settings.tracking if main else None, hashed_settings(settings))
@@ -140,6 +147,8 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
             write_model(w, loop.accelerator, loop.model, weights, tokenizer, history, summary, _CARD, lora)
             tracker.finish(summary)
     if hasattr(engine, "close"):  # a vLLM engine in this process: before the process group ends
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # vLLM's shutdown also ends the launch's process group
         engine.close()
     finish_distributed()
     return ref
@@ -148,7 +157,6 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
 def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: ArtifactRef | None,
           conversations: list, held_out: list):
     from rebelflow.engines.base import SamplingParams
-    from rebelflow.engines.hf import HFEngine
     from rebelflow.rewards import load_reward
 
     torch.manual_seed(settings.seed)
@@ -169,13 +177,7 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     # each rank's engine joins
     micros = micro_batches_per_update(settings.online.minibatch_pairs, settings.micro_batch_pairs, world_size())
     accelerator = make_accelerator(micros, settings.micro_batch_pairs, settings.max_grad_norm)
-    if settings.engine == "vllm":  # colocated: one engine per training process, the trained weights pushed into it
-        from rebelflow.engines.vllm import VLLMEngine
-
-        engine = VLLMEngine(path, settings.generate_dtype, policy.revision, settings.vllm, in_process=True,
-                            chat_template=policy.chat_template)
-    else:
-        engine = HFEngine.resident(model, tokenizer)
+    engine = _engine(settings, path, policy, model, tokenizer)
     reward = load_reward(settings.reward)
 
     def sample(convs, n, seed, temperature):
@@ -199,15 +201,29 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
         rollouts = Dialogues(settings.dialogue, engine, load_user(settings.dialogue.user), tokenizer)
     opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
     loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, rollouts, score,
-                      conversations, held_out, settings.max_invalid_fraction)
+                      conversations, held_out, settings.max_invalid_fraction, gather_to_sample=settings.engine == "hf")
     if settings.engine == "vllm":
         def push() -> None:
             unwrapped = accelerator.unwrap_model(loop.model)
-            with full_weights(accelerator, unwrapped):  # ZeRO-3: each rank gathers, then pushes into its engine
+            pushed = None if settings.trainable in ("all", "lora") else [p for p in unwrapped.parameters() if p.requires_grad]
+            with full_weights(accelerator, unwrapped, pushed):  # ZeRO-3: what is pushed, gathered on each rank
                 engine.push(engine_weights(unwrapped, settings.trainable))
 
         loop.after_update, loop.after_sampling = push, engine.rest
     return loop, tokenizer, path, engine
+
+
+def _engine(settings: Settings, path, policy: ArtifactRef, model, tokenizer):
+    """transformers generation on the model being trained, or (generate.engine: vllm) a colocated vLLM engine
+    in this process (one per training process), which takes the trained weights after every update."""
+    if settings.engine == "vllm":
+        from rebelflow.engines.vllm import VLLMEngine
+
+        return VLLMEngine(path, settings.generate_dtype, policy.revision, settings.vllm, in_process=True,
+                          chat_template=policy.chat_template)
+    from rebelflow.engines.hf import HFEngine
+
+    return HFEngine.resident(model, tokenizer)
 
 
 class Dialogues:

@@ -170,6 +170,10 @@ ONLINE = {"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 3, "ep
           "checkpoint_every": 2, "validate_every": 2, "validation_prompts": 3, "penalty_reward_value": None}
 
 
+TWO_RANKS = pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two ranks need two GPUs (or none: gloo on CPU)")
+
+
+@TWO_RANKS
 @pytest.mark.parametrize("launcher", ["ddp", "zero2", "zero3"])
 def test_an_online_round_over_two_ranks_samples_its_share_and_updates_as_one_process(tmp_path, prompts_file, policy,
                                                                                      launcher):
@@ -187,30 +191,35 @@ def test_an_online_round_over_two_ranks_samples_its_share_and_updates_as_one_pro
     shutil.move(store.path(job.ref), tmp_path / "one-process")
 
     two_ranks = {"ddp": {"kind": "accelerate", "num_processes": 2}, "zero2": zero(2), "zero3": zero(3)}[launcher]
-    two = job.model_copy(update={"launcher": LauncherConfig(**two_ranks)})
-    assert launch(two, store) == job.ref  # sampling on both ranks
-    summary = store.manifest(job.ref)["summary"]
+    cfg2 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"launcher": LauncherConfig(**two_ranks)})})
+    two = round_plan(cfg2, 1, policy_ref, Baseline(eval_prompts=refs["prompts"])).online
+    assert two.ref != job.ref  # the process count is part of the fingerprint (each rank samples with its own seeds)
+    with pytest.raises(Exception, match=r"planned for 1 training process\(es\) .* launched with 2"):
+        launch(job.model_copy(update={"launcher": two.launcher}), store)
+    assert launch(two, store) == two.ref  # sampling on both ranks
+    summary = store.manifest(two.ref)["summary"]
     assert summary["processes"] == 2 and summary["iterations"] == 3 and summary["last val_score"] is not None
     assert summary["deepspeed ZeRO stage"] == {"ddp": None, "zero2": 2, "zero3": 3}[launcher]
-    sampled = store.read_rows(job.ref)
+    sampled = store.read_rows(two.ref)
     assert [(r["iteration"], r["prompt_index"], r["sample"]) for r in sampled] == [
         (r["iteration"], r["prompt_index"], r["sample"]) for r in rows]  # the same prompts, in prompt order
     assert all(r["logp_old"] < 0 and r["response"] is not None for r in sampled)
 
-    shutil.rmtree(store.path(job.ref))  # again over two ranks, from the one process's rollouts
-    data = store.root / ".partial" / job.ref.id / "data"
+    shutil.rmtree(store.path(two.ref))  # again over two ranks, from the one process's rollouts
+    data = store.root / ".partial" / two.ref.id / "data"
     data.mkdir(parents=True)
     for shard in (tmp_path / "one-process" / "data").iterdir():
         shutil.copy(shard, data / shard.name)
-    assert launch(two, store) == job.ref
-    assert store.read_rows(job.ref) == rows
-    got = load_file(store.path(job.ref) / "model/model.safetensors")
+    assert launch(two, store) == two.ref
+    assert store.read_rows(two.ref) == rows
+    got = load_file(store.path(two.ref) / "model/model.safetensors")
     start = load_file(f"{policy}/model.safetensors")
     assert sum(not torch.equal(start[k], one[k]) for k in one) >= len(one) // 2
     for k in one:
         assert torch.allclose(got[k], one[k], atol=2e-5), (k, (got[k] - one[k]).abs().max().item())
 
 
+@TWO_RANKS
 def test_a_killed_online_round_over_two_zero3_ranks_resumes_byte_identical(tmp_path, prompts_file, policy):
     """kill -9 of the launcher and both ranks after the checkpoint at iteration 2 of 4: the next launch
     resumes from it (DeepSpeed's partitioned state) and finishes with the data and weights of an

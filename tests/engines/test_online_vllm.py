@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO, make_config
+from tests.engines.test_deepspeed import TWO_RANKS
 from tests.engines.test_vllm import VLLM, VLLM_PYTHON, policy, vllm_env  # noqa: F401  (fixtures)
 from tests.stages.helpers import run_round
 
@@ -143,6 +144,7 @@ finish_distributed()
 """
 
 
+@TWO_RANKS
 def test_zero3_ranks_push_their_gathered_weights_into_their_own_engines(policy, tmp_path):  # noqa: F811
     """Two ZeRO-3 ranks, each with its own vLLM engine (different prompts, different numbers of requests):
     the weights gathered from the partitions and pushed give the greedy tokens of the updated policy, which
@@ -182,6 +184,7 @@ def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, pro
     assert store.is_complete(refs["evaluate"])  # the round's policy evaluated against the starting one
 
 
+@TWO_RANKS
 def test_an_online_round_over_two_zero3_ranks_samples_with_an_engine_on_each(tmp_path, prompts_file, policy):  # noqa: F811
     """A whole round over two ZeRO-3 ranks in the vLLM environment: each rank samples its share of the
     prompts with its own engine, which takes the gathered weights after every iteration."""

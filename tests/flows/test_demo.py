@@ -18,6 +18,9 @@ def test_the_demo_campaign_learns_round_over_round(tmp_path):
     assert rounds[3]["reward_mean"] > rounds[0]["reward_mean"] + 0.1  # measured: about 0.41 -> 0.60
     assert rounds[3]["win_rate"] > 0.7
     assert all(r["baseline_reward_mean"] == rounds[0]["reward_mean"] for r in rounds)
+    # the scripted judge (evaluate.judge) beside the reward: both orders of every held-out prompt's first reply
+    assert "judge_win_rate" not in rounds[0] and all(r["judge"].startswith("callable:addition_referee@") for r in rounds[1:])
+    assert rounds[3]["judge_win_rate"] > 0.55  # measured: 0.556, 0.594, 0.619 (first replies only: many ties)
 
 
 def test_the_refuel_demo_learns_at_every_turn(tmp_path):
@@ -29,6 +32,8 @@ def test_the_refuel_demo_learns_at_every_turn(tmp_path):
     assert rounds[3]["win_rate"] > 0.6 and rounds[3]["win_rate"] > rounds[1]["win_rate"]
     assert all(w > 0.5 for r in rounds[1:] for w in r["win_rate_by_turn"])
     assert rounds[3]["reward_mean"] > rounds[0]["reward_mean"] + 0.05  # measured: 0.174 -> 0.259
+    assert all(len(r["judge_win_rate_by_turn"]) == 3 for r in rounds[1:])  # the judge, turn by turn
+    assert rounds[3]["judge_win_rate"] > 0.5
 
 
 def test_the_online_demo_learns(tmp_path):
@@ -39,3 +44,4 @@ def test_the_online_demo_learns(tmp_path):
     # measured: 0.414 after SFT -> 0.569, 0.568, 0.612 (win rates 0.82, 0.81, 0.88)
     assert rounds[1]["reward_mean"] > rounds[0]["reward_mean"] + 0.1
     assert rounds[3]["reward_mean"] > rounds[0]["reward_mean"] + 0.15 and rounds[3]["win_rate"] > 0.75
+    assert rounds[3]["judge_win_rate"] > 0.6

@@ -107,8 +107,8 @@ BEFORE_WORK = {
     "online prompts not shared equally": ({"online": {"iterations": 2, "prompts_per_iteration": 3, "minibatch_pairs": 2},
                                            "stop_after": "train"},
                                           ["train.launcher.kind=accelerate", "train.launcher.num_processes=2"],
-                                          r"prompts_per_iteration \(3\) cannot be shared equally over "
-                                          r"train.launcher.num_processes \(2\).*multiple of 2"),
+                                          r"prompts_per_iteration \(3\) cannot be shared equally over the "
+                                          r"train launcher's 2 processes.*multiple of 2"),
     "online stopping before training": ({"online": {"iterations": 2}}, [],
                                         r"stop_after 'prepare' cannot stop before it: set stop_after: train"),
     "online minibatch above its pairs": ({"online": {"iterations": 2, "prompts_per_iteration": 2, "minibatch_pairs": 4},

@@ -98,3 +98,37 @@ def kill_launcher_after(job, store, tmp_path, seconds: float) -> None:
         launcher.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         assert not kill_and_wait(launcher, job.ref.id, 5), f"a {job.stage} process outlived its launcher"
+
+
+def test_a_killed_judge_stage_finishes_byte_identical_and_asks_nothing_twice(tmp_path, prompts_file, tiny_policy):
+    """kill -9 of the judge stage part-way: the next attempt finishes with the artifact of an uninterrupted
+    run, and the judgments made before the kill come from the cache (fewer requests than judgments)."""
+    from rebelflow.config.judge import JudgeConfig
+    from rebelflow.judges import judge_identity
+    from rebelflow.planning.jobs import make_job
+    from rebelflow.stages import judge
+
+    cfg = make_config(tmp_path, prompts_file)
+    store, refs, _ = run_round(cfg, tiny_policy, upto="evaluate")
+    spec = JudgeConfig(kind="callable", function=f"{__file__.rsplit('/', 1)[0]}/slow_judge.py:longer")
+    job = make_job(judge, 1, judge.Settings(judge=spec, judge_identity=judge_identity(spec)), [refs["evaluate"]])
+    started = time.time()
+    assert launch(job, store, emit=lambda line: None) == job.ref
+    duration, expected = time.time() - started, data_hashes(store, job.ref)
+    total = store.manifest(job.ref)["summary"]["judge requests (this run)"]
+    assert 4 <= total <= 2 * len(store.read_rows(refs["evaluate"]))  # both orders (identical questions asked once)
+    shutil.rmtree(store.path(job.ref))
+    shutil.rmtree(store.root / "judgments")
+
+    job_file = tmp_path / "judge-job.json"
+    job_file.write_text(job.model_dump_json())
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job_file), str(store.root)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((store.root / "judgments").rglob("*.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.02)  # two judgments made (each takes 0.3 s): kill before the rest
+    assert not kill_and_wait(launcher, job.ref.id, 5), "the judge stage outlived its launcher"
+    assert not store.is_complete(job.ref), f"the kill came after the stage finished ({duration:.1f} s)"
+    assert launch(job, store, emit=lambda line: None) == job.ref
+    assert data_hashes(store, job.ref) == expected
+    assert store.manifest(job.ref)["summary"]["judge requests (this run)"] < total

@@ -151,3 +151,20 @@ def test_bf16_weights_train_through_fp32_copies_and_resume_with_them(tiny_policy
     resumed.run(tmp_path / "b", shards, say=lambda line: None)
     for a, b in zip(copies, resumed.masters.copies, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_engine_rests_after_every_sampling_and_before_every_update(tiny_policy, tmp_path):
+    """after_sampling (a vLLM engine's sleep) comes after each iteration's sampling — or its rollouts read
+    back from a shard — and each validation, before the regression that needs the memory; after_update
+    (the push) after each regression."""
+    events, shards = [], Shards()
+    for attempt in ("sampled", "from shards"):
+        loop = make_loop(tiny_policy, CFG)
+        loop.after_sampling, loop.after_update = (lambda: events.append("rest")), (lambda: events.append("push"))
+        regress = loop.regress
+        loop.regress = lambda rows, it, regress=regress: (events.append("regress"), regress(rows, it))[1]
+        loop.run(tmp_path / attempt, shards, say=lambda line: None)
+        per_iteration = ["rest", "regress", "push"]
+        validation = ["rest"]  # validate_every 2
+        assert events == (per_iteration * 2 + validation) * 2, attempt
+        events.clear()

@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rebelflow.cli import app
+from rebelflow.config.campaign import LauncherConfig
 from rebelflow.config.errors import ConfigError
 from rebelflow.config.loading import load_config
 from rebelflow.planning.campaign import campaign_jobs
@@ -44,7 +45,7 @@ def test_every_preset_loads_and_plans(preset):
     jobs = campaign_jobs(cfg)
     expected = [s for s in cfg.stages() if s != "evaluate"]
     if "evaluate" in cfg.stages():
-        expected += ["eval_generate", "eval_score", "evaluate"]
+        expected += ["eval_generate", "eval_score", "evaluate"] + (["judge"] if cfg.evaluate.judge else [])
     assert [j.name for j in jobs if j.round == 1] == expected
     assert Path(cfg.prompts.source).is_absolute() or not cfg.prompts.is_local()
 
@@ -275,3 +276,19 @@ def test_every_stage_computes_the_id_the_plan_gives_it(preset):
         module = stage_module(job.stage)
         settings = module.Settings.model_validate(job.settings)
         assert artifact_ref(module.NAME, module.VERSION, module.KIND, settings, job.inputs) == job.ref, job.name
+
+
+def test_a_launch_counts_the_processes_its_accelerate_config_starts(tmp_path, prompts_file):
+    """The shipped ZeRO configs start 8 processes: an online round's prompts must share out over them, and an
+    iterative round's update too, also when only config_file says how many."""
+    zero3 = str(REPO / "configs/accelerate/zero3.yaml")
+    launcher = {"kind": "accelerate", "config_file": zero3}
+    assert LauncherConfig(**launcher).processes() == 8 and LauncherConfig(**launcher, num_processes=2).processes() == 2
+    assert LauncherConfig().processes() == 1
+    with pytest.raises(ConfigError, match=r"prompts_per_iteration \(4\) cannot be shared equally over the train "
+                                          r"launcher's 8 processes"):
+        make_config(tmp_path, prompts_file, online={"iterations": 1, "prompts_per_iteration": 4, "minibatch_pairs": 2},
+                    stop_after="train", train={"launcher": launcher})
+    with pytest.raises(ConfigError, match=r"train.pairs_per_update \(4\) must split into equal micro-batches of "
+                                          r"micro_batch_pairs \(2\) over the launcher's 8 processes"):
+        make_config(tmp_path, prompts_file, train={"launcher": launcher})

@@ -25,8 +25,9 @@ ALLOWED = {
     "engines": {"config", "ml"},
     "rewards": {"config", "store", "ml"},
     "users": {"config", "store", "ml", "engines"},
-    "stages": {"config", "store", "losses", "ml", "engines", "rewards", "users"},
-    "planning": {"config", "store", "ml", "engines", "rewards", "users", "stages"},
+    "judges": {"config", "store", "ml", "engines", "rewards"},  # LLM judges of two answers (evaluation)
+    "stages": {"config", "store", "losses", "ml", "engines", "rewards", "users", "judges"},
+    "planning": {"config", "store", "ml", "engines", "rewards", "users", "judges", "stages"},
     "running": {"config", "loading", "store", "planning", "stages"},
     "tasks": {"config", "store", "planning", "running"},
     "flows": {"config", "loading", "store", "ml", "planning", "tasks", "stages"},

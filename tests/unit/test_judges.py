@@ -1,0 +1,152 @@
+"""LLM judges: verdicts read in MT-Bench's pair format and the preference format (logprobs or label), both
+orders (a verdict that flips with the order is a tie), unreadable verdicts asked again then counted, every
+answer cached by content, the judge's request, an OpenAI-compatible endpoint (a local stand-in server), and
+the judge stage per turn for dialogues."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from rebelflow.config.dialogue import OpenAIConfig
+from rebelflow.config.judge import JudgeConfig
+from rebelflow.judges import Judge, combine, parse_pair, parse_preference
+from rebelflow.judges.prompts import judge_messages, mt_bench_prompts
+from rebelflow.stages.judge import pairs_of, summarise
+
+PAIR = JudgeConfig(kind="callable", function="rebelflow.judges.examples:addition_referee")
+Q = [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+def convo(answer: str, context=Q) -> list[dict]:
+    return [*context, {"role": "assistant", "content": answer}]
+
+
+@pytest.mark.parametrize("text, score", [
+    ("A is clearer. [[A]]", 1.0), ("[[B]]", 0.0), ("Both fine: [[C]]", 0.5), ("I prefer A.", None),
+    ("[[A]] at first, but on reflection [[B]]", None), ("[[A]] ... final: [[A]]", 1.0), ("[A]", None),
+])
+def test_pair_verdicts_read_as_mt_bench_writes_them(text, score):
+    assert parse_pair(text) == score
+
+
+def test_preferences_come_from_the_labels_logprobs_else_the_label():
+    assert parse_preference("A", {"A": math.log(0.75), "B": math.log(0.25)}) == pytest.approx(0.75)
+    assert parse_preference("B", {" B": math.log(0.6), "A": math.log(0.3), "C": -1.0}) == pytest.approx(1 / 3)
+    assert parse_preference("A", {"A": -0.01, "The": -5.0}) == 1.0  # B not among the top tokens: the label
+    assert parse_preference(" B.", None) == 0.0
+    assert parse_preference("Assistant A is better", None) is None and parse_preference("", None) is None
+
+
+def test_both_orders_a_flipped_verdict_is_a_tie():
+    assert combine("pair", 1.0, 1.0) == 1.0 and combine("pair", 0.0, 0.0) == 0.0
+    assert combine("pair", 1.0, 0.0) == 0.5 and combine("pair", 1.0, 0.5) == 0.5
+    assert combine("preference", 0.9, 0.7) == pytest.approx(0.8) and combine("pair", None, 1.0) is None
+
+
+def test_a_judge_biased_to_the_first_answer_gives_ties_and_a_fair_one_the_right_winner(tmp_path):
+    first = Judge(PAIR, "first", tmp_path / "a", ask=lambda request: ("[[A]]", None))
+    assert [j.outcome for j in first.judge([(convo("5"), convo("7")), (convo("9"), convo("5"))])] == [0.5, 0.5]
+    fair = Judge(PAIR, "referee", tmp_path / "b")  # the scripted referee: the sum wins
+    got = fair.judge([(convo("5"), convo("7")), (convo("9"), convo("5")), (convo("4"), convo("6"))])
+    assert [j.outcome for j in got] == [1.0, 0.0, 0.5]
+    assert (got[0].new_first, got[0].new_second) == (1.0, 1.0) and "[[A]]" in got[0].texts[0]
+
+
+def test_unreadable_verdicts_are_asked_again_then_counted_and_readable_ones_cached(tmp_path):
+    answers = iter(["hmm", "still thinking", "[[B]]"] + ["no idea"] * 3)
+    judge = Judge(PAIR, "moody", tmp_path, ask=lambda request: (next(answers), None))
+    [j] = judge.judge([(convo("5"), convo("7"))])
+    assert judge.calls == 6 and j.new_first == 0.0 and j.new_second is None and j.outcome is None
+    again = Judge(PAIR, "moody", tmp_path, ask=lambda request: ("[[A]]", None))
+    [k] = again.judge([(convo("5"), convo("7"))])
+    assert again.calls == 1 and k.new_first == 0.0 and k.new_second == 0.0  # the first order from the cache
+    third = Judge(PAIR, "moody", tmp_path, ask=lambda request: pytest.fail("answered from the cache"))
+    assert third.judge([(convo("5"), convo("7"))])[0].outcome == 0.0 and third.calls == 0
+    other = Judge(PAIR, "another judge", tmp_path, ask=lambda request: ("[[C]]", None))
+    assert other.judge([(convo("5"), convo("7"))])[0].outcome == 0.5 and other.calls == 2  # its own answers
+
+
+def test_the_judge_is_asked_with_mt_bench_prompts():
+    single = judge_messages("pair", convo("5"), convo("7"))
+    assert single[0]["content"] == mt_bench_prompts()["pair-v2"]["system_prompt"]
+    assert "[User Question]\nWhat is 2 + 3?" in single[1]["content"]
+    assert single[1]["content"].index("5") < single[1]["content"].index("[The Start of Assistant B's Answer]\n7")
+    a = convo("7", [*convo("5"), {"role": "user", "content": "And 1 + 1?"}])
+    b = convo("2", [*convo("4"), {"role": "user", "content": "And 1 + 1?"}])
+    multi = judge_messages("pair", a, b)
+    assert multi[0]["content"] == mt_bench_prompts()["pair-v2-multi-turn"]["system_prompt"]
+    assert "### User:\nAnd 1 + 1?\n\n### Assistant A:\n7" in multi[1]["content"]
+    assert "### Assistant B:\n4" in multi[1]["content"]
+    assert "Reply with a single letter" in judge_messages("preference", convo("5"), convo("7"))[0]["content"]
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that prefers the answer '5' and reports logprobs when asked."""
+
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        StandIn.seen.append(body)
+        text = body["messages"][1]["content"]
+        a_is_5 = "Assistant A's answer]\n5" in text or "Assistant A's Answer]\n5" in text
+        content = ("A" if a_is_5 else "B") if body.get("logprobs") else ("[[A]]" if a_is_5 else "[[B]]")
+        top = [{"token": "A", "logprob": math.log(0.8 if a_is_5 else 0.3), "bytes": None},
+               {"token": "B", "logprob": math.log(0.2 if a_is_5 else 0.7), "bytes": None}]
+        logprobs = {"content": [{"token": content, "logprob": -0.1, "bytes": None, "top_logprobs": top}]}
+        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
+                              "logprobs": logprobs if body.get("logprobs") else None}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    server = HTTPServer(("127.0.0.1", 0), StandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    StandIn.seen = []
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("fmt", ["pair", "preference"])
+def test_an_openai_compatible_judge(tmp_path, endpoint, fmt):
+    cfg = JudgeConfig(kind="openai", format=fmt, openai=OpenAIConfig(base_url=endpoint, model="judge", api_key_env=None))
+    judge = Judge(cfg, "openai:judge", tmp_path)
+    [j] = judge.judge([(convo("5"), convo("7"))])
+    assert len(StandIn.seen) == 2 and StandIn.seen[0]["model"] == "judge" and StandIn.seen[0]["temperature"] == 0.0
+    if fmt == "pair":
+        assert j.outcome == 1.0 and StandIn.seen[0]["max_tokens"] == 1024
+    else:  # 0.8 with the new answer first, 1 − 0.3 second: their mean
+        assert StandIn.seen[0]["max_tokens"] == 1 and StandIn.seen[0]["top_logprobs"] == 5
+        assert (j.new_first, j.new_second, j.outcome) == pytest.approx((0.8, 0.7, 0.75))
+
+
+def test_dialogues_are_judged_turn_by_turn(tmp_path):
+    context = [{"role": "user", "content": "What is 1 + 1?"}]
+    new = [*context, {"role": "assistant", "content": "2"}, {"role": "user", "content": "What is 2 + 2?"},
+           {"role": "assistant", "content": "4"}]
+    base = [*context, {"role": "assistant", "content": "3"}, {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "4"}]
+    rows = [{"prompt_id": "p", "messages": context, "new_dialogue": new, "baseline_dialogue": base},
+            {"prompt_id": "q", "messages": context, "new_dialogue": new[:2], "baseline_dialogue": base}]
+    items = pairs_of(rows)
+    assert [(pid, turn, len(n), len(b)) for pid, turn, n, b in items] == [("p", 1, 2, 2), ("p", 2, 4, 4), ("q", 1, 2, 2)]
+    judged = Judge(PAIR, "referee", tmp_path).judge([(n, b) for _, _, n, b in items])
+    out = [{"prompt_id": pid, "turn": t, "outcome": j.outcome} for (pid, t, _, _), j in zip(items, judged, strict=True)]
+    summary = summarise(out)
+    assert summary["judge_win_rate_by_turn"] == [1.0, 0.5] and summary["judge_win_rate"] == 0.75
+    assert (summary["judge_wins"], summary["judge_ties"], summary["judged"]) == (2, 1, 3)
