@@ -89,7 +89,19 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: 
     console.print(table)
     if result["summary"]:
         _print_rounds(result["summary"], cfg.store.root)
+    _print_policy(result.get("policy"), cfg.store.root)
     console.print("Browse the runs in the Prefect UI: rebelflow server  (then open the printed address)")
+
+
+def _print_policy(policy, store_root: str) -> None:
+    """Where the campaign's final policy is, and how to take it out of the store."""
+    if policy is None or policy.external:
+        return
+    from rebelflow.store.local import Store
+
+    folder = Store(store_root).path(policy) / "model"
+    console.print(f"Final policy: {folder}  (a plain HF folder; copy it out with: rebelflow export {policy.id} DIR "
+                  f"--store {store_root})", soft_wrap=True)
 
 
 def _report(exc: BaseException, store_root) -> None:
@@ -220,6 +232,66 @@ def show(
             console.print(f"row {i}:")
             for key, value in row.items():
                 console.print(f"  {key}: {_short(value)!r}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="a model artifact: id, unique id prefix, or folder")],
+    dest: Annotated[str, typer.Argument(help="the folder to write (new or empty)")],
+    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    force: Annotated[bool, typer.Option(help="replace a folder that is not empty")] = False,
+) -> None:
+    """A model artifact as a plain HF folder (weights, config, tokenizer with its chat template, card with
+    lineage): ready for from_pretrained, vllm serve or a push to the Hub."""
+    from pathlib import Path
+
+    from rebelflow.ops.artifacts import export_model
+    from rebelflow.store.local import Store
+
+    try:
+        out = export_model(Store(store), ref, Path(dest), force)
+    except (KeyError, RebelflowError) as exc:
+        err.print(f"[bold red]cannot export[/]: {escape(str(exc.args[0] if isinstance(exc, KeyError) else exc))}",
+                  markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"exported {ref} to {out}", soft_wrap=True)
+
+
+@app.command()
+def samples(
+    campaign: Annotated[str, typer.Argument(help="the campaign's name")],
+    round_: Annotated[int, typer.Option("--round", help="the round whose policy to show")] = 1,
+    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    limit: Annotated[int, typer.Option(help="prompts to show (0: all)")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (every prompt)")] = False,
+) -> None:
+    """A round's evaluation prompts with every sample of its policy and of the baseline, and their rewards."""
+    from rebelflow.ops.artifacts import round_samples
+    from rebelflow.store.local import Store
+
+    try:
+        rows = round_samples(Store(store), campaign, round_)
+    except RebelflowError as exc:
+        err.print(f"[bold red]no samples[/]: {escape(str(exc))}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    for row in rows[: limit or None]:
+        table = Table(title=f"{row['prompt_id']}: {row['prompt'][:200]}", title_justify="left", show_lines=True)
+        for col in (f"round {round_} policy", "reward", "baseline", "reward "):
+            table.add_column(col, justify="right" if col.startswith("reward") else "left")
+        for i in range(max(len(row["policy"]), len(row["baseline"]))):
+            mine = row["policy"][i] if i < len(row["policy"]) else {"response": "", "reward": None}
+            theirs = row["baseline"][i] if i < len(row["baseline"]) else {"response": "", "reward": None}
+            table.add_row(mine["response"], _reward(mine["reward"]), theirs["response"], _reward(theirs["reward"]))
+        console.print(table)
+    if limit and len(rows) > limit:
+        console.print(f"… {len(rows) - limit} more prompts (--limit 0 shows all, --json prints them)")
+
+
+def _reward(value: float | None) -> str:
+    return "invalid" if value is None else f"{value:.3f}"
 
 
 def _short(value):

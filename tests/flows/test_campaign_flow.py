@@ -1,6 +1,7 @@
 """The campaign flow under Prefect: caching by fingerprint, partial re-runs, corruption, bad input."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -283,3 +284,54 @@ def test_online_rounds_show_their_iteration_curves_in_plan_history_and_the_summa
     rounds = {r["name"]: r for r in read_history(50)}
     online = next(t for t in rounds["online-curves-round-2"]["tasks"] if t["name"] == "online-r2")
     assert online["curve"] == notes[1]
+
+
+def test_cli_prints_the_final_policy_which_exports_and_the_round_samples(tmp_path, prompts_file):
+    """`run` ends with the final policy's folder and the export command; `export` writes a plain HF folder that
+    transformers loads (card with lineage), refuses a dataset artifact and a non-empty folder; `samples`
+    shows every evaluation sample of the round's policy beside the baseline's, with rewards; a judge's win
+    rate reaches the round table."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    (tmp_path / "judge.py").write_text("def longer(a, b):\n    la, lb = len(a[-1]['content']), len(b[-1]['content'])\n"
+                                       "    return '[[A]]' if la > lb else '[[B]]' if lb > la else '[[C]]'\n")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: out-test\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "generate: {n: 2, max_new_tokens: 6}\nprepare: {validation_pairs: 1}\n"
+        "train: {pairs_per_update: 4, micro_batch_pairs: 2, launcher: {kind: inprocess}}\n"
+        f"evaluate: {{prompts: {{source: {prompts_file}, id_column: id, per_round: 3}}, n: 2, max_new_tokens: 6, "
+        f"judge: {{kind: callable, function: '{tmp_path / 'judge.py'}:longer'}}}}\n"
+    )
+    store, runner = str(tmp_path / "store"), CliRunner()
+    result = runner.invoke(app, ["run", str(cfg_file), "--store", store])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    policy = re.search(r"rebelflow export (train-[0-9a-f]+) DIR", text).group(1)
+    assert f"Final policy: {store}/artifacts/{policy}/model" in text, text[-1500:]
+    summary = json.loads((Path(store) / "campaigns/out-test/summary.json").read_text())
+    assert "judge" in text and 0 <= summary["rounds"][1]["judge_win_rate"] <= 1  # the round table's judge column
+
+    out = tmp_path / "exported"
+    done = runner.invoke(app, ["export", policy[:10], str(out), "--store", store])
+    assert done.exit_code == 0, done.output
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers >= 1
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    assert "## Lineage (rebelflow)" in (out / "README.md").read_text()
+    assert json.loads((out / "rebelflow.json").read_text())["id"] == policy
+    again = runner.invoke(app, ["export", policy, str(out), "--store", store])
+    assert again.exit_code == 2 and "not empty" in again.output
+    evaluated = next(p for p in (Path(store) / "artifacts").iterdir() if p.name.startswith("evaluate-"))
+    dataset = runner.invoke(app, ["export", evaluated.name, str(tmp_path / "x"), "--store", store])
+    assert dataset.exit_code == 2 and "is a dataset artifact" in dataset.output
+
+    shown = runner.invoke(app, ["samples", "out-test", "--round", "1", "--store", store, "--json"])
+    rows = json.loads(shown.output)
+    assert len(rows) == 3 and all(len(r["policy"]) == len(r["baseline"]) == 2 for r in rows)
+    assert all(isinstance(s["reward"], float) for r in rows for s in r["policy"] + r["baseline"])
+    table = runner.invoke(app, ["samples", "out-test", "--store", store, "--limit", "1"])
+    assert table.exit_code == 0 and "round 1 policy" in table.output and "… 2 more prompts" in table.output
+    missing = runner.invoke(app, ["samples", "out-test", "--round", "4", "--store", store])
+    assert missing.exit_code == 2 and "rounds with them: [1]" in " ".join(missing.output.split())
