@@ -220,8 +220,16 @@ def show(
     console.print(f"folder: {st.path(found)}   verified: {'yes' if problem is None else problem}")
     console.print(f"made: {manifest['created_at']} in {manifest['timings']['seconds']}s   rows: {manifest['rows']}")
     console.print("settings: " + json.dumps(manifest["settings"], sort_keys=True))
-    summary = {k: v for k, v in manifest.get("summary", {}).items() if k != "sample"}
-    console.print("summary: " + json.dumps(summary, sort_keys=True))
+    summary = {k: v for k, v in manifest.get("summary", {}).items() if k not in ("sample", "curve")}
+    if summary:
+        table = Table(title="summary", title_justify="left", show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in summary.items():
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        console.print(table)
+    if manifest.get("summary", {}).get("curve"):
+        console.print(f"curve: {len(manifest['summary']['curve'])} points in the summary (metrics.jsonl has every one)")
     console.print("lineage:")
     for item in st.lineage(found):
         console.print(f"  {item['id']}  ({item['created_at']})")

@@ -155,6 +155,7 @@ def test_cli_run_plan_and_history(tmp_path, prompts_file):
     assert [t["name"] for t in round_run["tasks"]] == ["prompts-r1", "generate-r1", "score-r1", "prepare-r1"]
     shown = runner.invoke(app, ["show", after[-1]["fingerprint"][:12], "--store", store, "--rows", "1"])
     assert shown.exit_code == 0 and "verified: yes" in shown.output and "chosen_ids" in shown.output
+    assert "│ train pairs" in shown.output  # the summary as a table of keys and values
 
 
 def test_cli_rejects_an_empty_prompts_file_before_any_stage(tmp_path):
