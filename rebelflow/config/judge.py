@@ -19,7 +19,7 @@ class JudgeConfig(Section):
     function: str | None = Field(
         None, description="kind: callable — `module:function` or `file.py:function`, called as fn(a, b) with "
                           "the two conversations (message lists ending with the answers) and returning the "
-                          "judge's text (e.g. '... [[A]]'), or for format preference a probability that A is better")
+                          "judge's text (e.g. '... [[A]]') or a probability that A is better")
     format: Literal["pair", "preference"] = Field(
         "pair", description="pair: MT-Bench's pair-v2 prompt, verdict [[A]]/[[B]]/[[C]]; preference: one label "
                             "A or B, its probability from the judge's logprobs (AlpacaEval-style)")

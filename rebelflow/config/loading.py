@@ -152,7 +152,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 node[field] = str(base / src)
     if isinstance(evaluation.get("weights"), str) and evaluation["weights"].endswith((".yaml", ".yml")):
         evaluation["weights"] = str(base / evaluation["weights"])
-    for node in (raw.get("reward"), evaluation.get("reward"), _at(raw, "dialogue", "user")):  # file.py:function
+    for node in (raw.get("reward"), evaluation.get("reward"), _at(raw, "dialogue", "user"),  # file.py:function
+                 _at(raw, "evaluate", "judge")):
         if isinstance(node, dict) and isinstance(node.get("function"), str):
             module, sep, fn = node["function"].rpartition(":")
             if module.endswith(".py") and not Path(module).is_absolute():

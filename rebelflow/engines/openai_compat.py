@@ -52,7 +52,7 @@ class OpenAIEngine:
                                                     max_tokens=max_tokens, n=1, **extra)
         choice = reply.choices[0]
         first = choice.logprobs.content[0] if top_logprobs and choice.logprobs and choice.logprobs.content else None
-        return choice.message.content or "", None if first is None else {t.token: t.logprob for t in first.top_logprobs}
+        return choice.message.content or "", None if first is None else {t.token: t.logprob for t in first.top_logprobs or []}
 
     def generate(self, prompts: list[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]

@@ -19,11 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rebelflow.config.judge import JudgeConfig
 from rebelflow.judges.prompts import judge_messages
@@ -73,46 +77,64 @@ class Judge:
         self.cfg, self.identity, self.cache = cfg, identity, cache_dir
         self.ask = ask or _asker(cfg)
         self.calls = 0  # requests that reached the judge (not answered from the cache)
+        self.lock = threading.Lock()
 
     def judge(self, pairs: list[tuple[list[Message], list[Message]]]) -> list[Judged]:
-        """(new conversation, baseline conversation) pairs, each judged in both orders."""
-        requests = [r for new, base in pairs for r in ((new, base), (base, new))]
-        workers = self.cfg.openai.concurrency if self.cfg.kind == "openai" else 1
+        """(new conversation, baseline conversation) pairs, each judged in both orders. Identical requests (the
+        same pair twice, or two identical answers in either order) are asked once."""
         from tqdm.auto import tqdm
 
+        requests = [self.request(a, b) for new, base in pairs for a, b in ((new, base), (base, new))]
+        unique = {key: request for key, request in requests}
+        workers = self.cfg.openai.concurrency if self.cfg.kind == "openai" else 1
         with ThreadPoolExecutor(workers) as pool:
-            scores = list(tqdm(pool.map(lambda ab: self.one(*ab), requests), total=len(requests), desc="judging",
-                               unit="judgment"))
+            done = list(tqdm(pool.map(lambda kv: self.answer(*kv), unique.items()), total=len(unique),
+                             desc="judging", unit="judgment"))
+        scores = dict(zip(unique, done, strict=True))
         out = []
         for i in range(len(pairs)):
-            (first, t1), (second, t2) = scores[2 * i], scores[2 * i + 1]
+            (first, t1), (second, t2) = scores[requests[2 * i][0]], scores[requests[2 * i + 1][0]]
             new_second = None if second is None else 1.0 - second  # new was B
             out.append(Judged(combine(self.cfg.format, first, new_second), first, new_second, (t1, t2)))
         return out
 
-    def one(self, a: list[Message], b: list[Message]) -> tuple[float | None, str]:
-        """The score of A against B and the judge's text; cached once readable."""
+    def request(self, a: list[Message], b: list[Message]) -> tuple[str, Any]:
+        """The cache key and the request that asks the judge whether a (assistant A) is better than b."""
         request = {"format": self.cfg.format, "a": a, "b": b} if self.cfg.kind == "callable" else judge_messages(
             self.cfg.format, a, b)
         key = hashlib.sha256(json.dumps({"judge": self.identity, "format": self.cfg.format, "request": request,
                                          "temperature": self.cfg.temperature, "max_new_tokens": self.cfg.max_new_tokens},
                                         sort_keys=True).encode()).hexdigest()
+        return key, request
+
+    def answer(self, key: str, request: Any) -> tuple[float | None, str]:
+        """The score of A against B and the judge's text. A readable answer is cached as the judge gave it
+        (text and logprobs) and read again through the parser, so a parser fix applies to cached answers."""
         path = self.cache / key[:2] / f"{key}.json"
-        if path.is_file():
+        try:
             got = json.loads(path.read_text())
-            return got["score"], got["text"]
+            score = self.parse(got["text"], got.get("logprobs"))
+            if score is not None:
+                return score, got["text"]
+        except (OSError, ValueError, KeyError):
+            pass  # not cached, or a damaged entry: ask again
         text = ""
         for _ in range(self.cfg.attempts):
-            self.calls += 1
+            with self.lock:
+                self.calls += 1
             text, logprobs = self.ask(request)
-            score = parse_pair(text) if self.cfg.format == "pair" else parse_preference(text, logprobs)
+            score = self.parse(text, logprobs)
             if score is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{id(request)}.tmp")
-                tmp.write_text(json.dumps({"score": score, "text": text}))
-                tmp.replace(path)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({"text": text, "logprobs": logprobs}, fh)
+                os.replace(tmp, path)
                 return score, text
         return None, text
+
+    def parse(self, text: str, logprobs: dict[str, float] | None) -> float | None:
+        return parse_pair(text) if self.cfg.format == "pair" else parse_preference(text, logprobs)
 
 
 def combine(fmt: str, first: float | None, second: float | None) -> float | None:
@@ -130,11 +152,13 @@ def _asker(cfg: JudgeConfig) -> Callable:
 
         fn = load_callable(cfg.function, "evaluate.judge.function")
 
-        def ask(request: dict) -> tuple[str, None]:
+        def ask(request: dict) -> tuple[str, dict | None]:
             got = fn(request["a"], request["b"])
-            if isinstance(got, int | float) and cfg.format == "preference":  # a probability that A is better
-                return ("A" if got >= 0.5 else "B"), {"A": math.log(max(got, 1e-12)), "B": math.log(max(1 - got, 1e-12))}
-            return str(got), None
+            if not isinstance(got, int | float):
+                return str(got), None
+            if cfg.format == "pair":  # a probability that A is better, as a verdict
+                return ("[[A]]" if got > 0.5 else "[[B]]" if got < 0.5 else "[[C]]"), None
+            return ("A" if got >= 0.5 else "B"), {"A": math.log(max(got, 1e-12)), "B": math.log(max(1 - got, 1e-12))}
 
         return ask
     from rebelflow.engines.openai_compat import OpenAIEngine

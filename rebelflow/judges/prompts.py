@@ -1,7 +1,7 @@
 """What a judge is asked. The pair format uses MT-Bench's judge prompts as FastChat ships them
 (rebelflow/data/mt_bench/judge_prompts.jsonl, Apache-2.0): `pair-v2` for one reply after a question, and
-`pair-v2-multi-turn`'s instructions with both conversations written out turn by turn (any number of turns;
-MT-Bench's own template has exactly two). The preference format asks for one label, A or B."""
+`pair-v2-multi-turn`'s instructions (asked about the last user question rather than "the second") with both
+conversations written out turn by turn (any number of turns; MT-Bench's own template has exactly two). The preference format asks for one label, A or B."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def judge_messages(fmt: str, a: list[Message], b: list[Message]) -> list[Message
         p = mt_bench_prompts()["pair-v2"]
         body = p["prompt_template"].format(question=context_text(a[:-1]), answer_a=a[-1]["content"],
                                            answer_b=b[-1]["content"])
-    else:
+    else:  # MT-Bench's instructions name "the second user question": here it is the last, at any turn
         p = mt_bench_prompts()["pair-v2-multi-turn"]
         body = f"{conversation_text(a, 'A')}\n\n\n{conversation_text(b, 'B')}"
+        return [{"role": "system", "content": p["system_prompt"].replace("the second user question", "the last user question")},
+                {"role": "user", "content": body}]
     return [{"role": "system", "content": p["system_prompt"]}, {"role": "user", "content": body}]

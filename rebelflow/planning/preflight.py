@@ -7,6 +7,7 @@ DataError naming the setting and the fix.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -104,6 +105,14 @@ def check_callables(cfg: RunConfig) -> None:
     user = cfg.dialogue.user if cfg.dialogue is not None else None
     if user is not None and user.kind == "scripted":
         load_callable(user.function, "dialogue.user.function")
+    judge = cfg.evaluate.judge if "evaluate" in cfg.stages() else None
+    if judge is not None and judge.kind == "callable":
+        load_callable(judge.function, "evaluate.judge.function")
+    if judge is not None and judge.kind == "openai" and judge.openai.api_key_env and not os.environ.get(judge.openai.api_key_env):
+        raise ConfigError(
+            f"[evaluate.judge.openai.api_key_env] the environment variable {judge.openai.api_key_env} is not set: "
+            "export the judge endpoint's key there, or set api_key_env: null for a server without keys."
+        )
 
 
 def check_pairs(cfg: RunConfig, k: int, prompt_count: int) -> None:

@@ -68,6 +68,11 @@ def rehearse_models(r: Rehearsal, cfg: RunConfig) -> None:
         name = user.model or user.openai.model
         made = models.stand_in("causal_lm", name, r.inputs / "models", "user", 1, user.dtype)
         note_model(r, "dialogue.user.model", name, made)
+    judge = cfg.evaluate.judge if "evaluate" in cfg.stages() else None
+    if judge is not None and judge.kind == "openai":  # no endpoint is called (or billed) in a rehearsal
+        r.set("evaluate.judge.kind", "callable", "a served judge is rehearsed by a scripted stand-in", old="openai")
+        r.set("evaluate.judge.function", "rebelflow.judges.examples:stand_in", "answers in the judge's format")
+        section(r.raw, "evaluate", "judge").pop("openai", None)
 
 
 def user_engine(r: Rehearsal, cfg: RunConfig) -> str | None:

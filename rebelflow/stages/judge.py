@@ -54,10 +54,10 @@ def pairs_of(rows: list[dict]) -> list[tuple[str, int, list[dict], list[dict]]]:
                         [*context, {"role": "assistant", "content": r["baseline_response"]}]))
             continue
         start = len(r["messages"])
-        new = [p for p in turn_positions(r["new_dialogue"], "assistant") if p >= start]
-        base = [p for p in turn_positions(r["baseline_dialogue"], "assistant") if p >= start]
-        for t in range(min(len(new), len(base))):
-            out.append((r["prompt_id"], t + 1, r["new_dialogue"][: new[t] + 1], r["baseline_dialogue"][: base[t] + 1]))
+        new, base = turn_positions(r["new_dialogue"], "assistant"), turn_positions(r["baseline_dialogue"], "assistant")
+        for t in range(min(len(new), len(base))):  # turns numbered as evaluate_dialogues numbers them
+            if new[t] >= start:  # a reply in the prompt's own context is the same in both: nothing to judge
+                out.append((r["prompt_id"], t + 1, r["new_dialogue"][: new[t] + 1], r["baseline_dialogue"][: base[t] + 1]))
     return out
 
 
@@ -82,8 +82,10 @@ def run(settings: Settings, evaluation: ArtifactRef, *, store: Store) -> Artifac
         )
     with store.writer(ref, VERSION, hashed_settings(settings), [evaluation]) as w:
         w.write_shard("train", 0, rows, SCHEMA)
-        w.finish(summary={**summarise(rows), "judge": settings.judge_identity, "judge requests (this run)": judge.calls},
+        w.finish(summary={**summarise(rows), "judge": settings.judge_identity},
                  card="The new policy's replies against the baseline's, judged in both orders.")
+    print(f"judge: {judge.calls} requests reached {settings.judge_identity} ({len(rows)} pairs in both orders; the rest "
+          "were answered from the cache)", flush=True)
     return ref
 
 

@@ -75,13 +75,19 @@ def test_the_judge_is_asked_with_mt_bench_prompts():
     single = judge_messages("pair", convo("5"), convo("7"))
     assert single[0]["content"] == mt_bench_prompts()["pair-v2"]["system_prompt"]
     assert "[User Question]\nWhat is 2 + 3?" in single[1]["content"]
-    assert single[1]["content"].index("5") < single[1]["content"].index("[The Start of Assistant B's Answer]\n7")
+    body = single[1]["content"]
+    assert body.index("[The Start of Assistant A's Answer]\n5\n") < body.index("[The Start of Assistant B's Answer]\n7\n")
     a = convo("7", [*convo("5"), {"role": "user", "content": "And 1 + 1?"}])
     b = convo("2", [*convo("4"), {"role": "user", "content": "And 1 + 1?"}])
     multi = judge_messages("pair", a, b)
-    assert multi[0]["content"] == mt_bench_prompts()["pair-v2-multi-turn"]["system_prompt"]
+    fastchat = mt_bench_prompts()["pair-v2-multi-turn"]["system_prompt"]
+    assert "the second user question" in fastchat  # MT-Bench judges turn 2 of 2; a dialogue's turn t is its last
+    assert multi[0]["content"] == fastchat.replace("the second user question", "the last user question")
     assert "### User:\nAnd 1 + 1?\n\n### Assistant A:\n7" in multi[1]["content"]
     assert "### Assistant B:\n4" in multi[1]["content"]
+    third = judge_messages("pair", convo("9", [*a, {"role": "user", "content": "And 4 + 5?"}]),
+                           convo("8", [*b, {"role": "user", "content": "And 4 + 5?"}]))[1]["content"]
+    assert third.count("### User:") == 6 and "### Assistant A:\n9\n\n<|The End of Assistant A's" in third
     assert "Reply with a single letter" in judge_messages("preference", convo("5"), convo("7"))[0]["content"]
 
 
@@ -150,3 +156,26 @@ def test_dialogues_are_judged_turn_by_turn(tmp_path):
     summary = summarise(out)
     assert summary["judge_win_rate_by_turn"] == [1.0, 0.5] and summary["judge_win_rate"] == 0.75
     assert (summary["judge_wins"], summary["judge_ties"], summary["judged"]) == (2, 1, 3)
+
+
+def test_turns_are_numbered_as_the_reward_table_numbers_them_and_a_damaged_cache_entry_is_asked_again(tmp_path):
+    context = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+               {"role": "user", "content": "What is 1 + 1?"}]
+    row = {"prompt_id": "r", "messages": context, "new_dialogue": convo("2", context), "baseline_dialogue": convo("3", context)}
+    assert [(pid, turn) for pid, turn, _, _ in pairs_of([row])] == [("r", 2)]  # turn 1 is the context's own reply
+
+    judge = Judge(PAIR, "referee", tmp_path)
+    assert judge.judge([(convo("5"), convo("7"))])[0].outcome == 1.0 and judge.calls == 2
+    for entry in tmp_path.rglob("*.json"):
+        entry.write_text("{not json")
+    again = Judge(PAIR, "referee", tmp_path)
+    assert again.judge([(convo("5"), convo("7"))])[0].outcome == 1.0 and again.calls == 2
+    same = Judge(PAIR, "referee", tmp_path)
+    assert same.judge([(convo("5"), convo("5"))])[0].outcome == 0.5 and same.calls == 1  # one request for both orders
+
+
+@pytest.mark.parametrize("fmt", ["pair", "preference"])
+def test_a_callable_may_answer_with_a_probability_in_either_format(tmp_path, fmt):
+    cfg = JudgeConfig(kind="callable", function="rebelflow.judges.examples:stand_in", format=fmt)
+    got = Judge(cfg, "stand-in", tmp_path).judge([(convo("5"), convo("17")), (convo("12"), convo("34"))])
+    assert [j.outcome for j in got] == pytest.approx([1.0, 0.5])  # the shorter answer wins; equal lengths tie

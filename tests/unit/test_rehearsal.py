@@ -271,3 +271,12 @@ def test_an_online_campaign_rehearses_a_few_small_iterations(tmp_path):
     assert (o.iterations, o.prompts_per_iteration, o.minibatch_pairs, o.checkpoint_every) == (4, 4, 2, 2)
     assert "online.iterations: 60 -> 4" in "\n".join(notes)
     assert [j for j in plan_status(cfg) if j["stage"] == "online"]
+
+
+def test_a_served_judge_is_rehearsed_by_a_scripted_stand_in(store):
+    """No endpoint is called (or billed) in a rehearsal: an openai judge becomes the scripted stand-in, noted."""
+    judge = "evaluate.judge={kind: openai, openai: {base_url: 'http://127.0.0.1:9/v1', model: judge, api_key_env: null}}"
+    cfg, notes = rehearsal_of(REPO / "configs" / "rebel-llama3-armorm.yaml", [judge], store=store)
+    assert (cfg.evaluate.judge.kind, cfg.evaluate.judge.function) == ("callable", "rebelflow.judges.examples:stand_in")
+    assert cfg.evaluate.judge.openai is None
+    assert any("evaluate.judge.kind" in line and "scripted stand-in" in line for line in notes)
