@@ -135,6 +135,9 @@ def _print_rounds(summary: dict, store_root: str) -> None:
         cells = [str(r["round"]), f"{r['reward_mean']:.4f}", f"{r['baseline_reward_mean']:.4f}", f"{r['win_rate']:.3f}", last]
         table.add_row(*cells, *([judge_text(r)] if judged else []))
     console.print(table)
+    for r in summary["rounds"]:
+        for line in r.get("diagnostics", []):
+            console.print(f"[yellow]round {r['round']}:[/] {escape(line)}", soft_wrap=True)
     folder = f"{store_root}/campaigns/{summary['campaign']}"
     online = " · online iterations: online.png" if summary.get("online") else ""
     console.print(f"Summary: {folder}/summary.json · plot: {folder}/summary.png{online}")

@@ -10,6 +10,7 @@ from prefect import flow
 
 from rebelflow.config.campaign import RunConfig
 from rebelflow.flows.common import Steps
+from rebelflow.flows.diagnostics import diagnose
 from rebelflow.flows.round import round_flow
 from rebelflow.flows.summary import campaign_summary
 from rebelflow.flows.ui import publish_campaign
@@ -39,6 +40,15 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     summary = None
     if base.eval_scored is not None:
         summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations, cfg.dialogue is not None, online,
-                                   judged)
+                                   judged, round_diagnostics(store, records))
     publish_campaign(cfg.campaign, records, summary, store)
     return {"records": records, "summary": summary, "policy": policy}
+
+
+def round_diagnostics(store: Store, records: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Per round (1..), what looks wrong in it, from its stages' manifests."""
+    by_round: dict[int, dict[str, Any]] = {}
+    for r in records:
+        if r["round"] >= 1 and r["status"] != "failed" and store.is_complete(store.find(r["id"])):
+            by_round.setdefault(r["round"], {})[r["stage"]] = store.manifest(store.find(r["id"]))
+    return {k: diagnose(manifests) for k, manifests in by_round.items()}

@@ -17,10 +17,11 @@ from rebelflow.store.refs import ArtifactRef
 def campaign_summary(
     store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]],
     dialogues: bool = False, online: list[tuple[int, ArtifactRef]] = (), judged: dict[int, ArtifactRef] | None = None,
+    diagnostics: dict[int, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Write summary.json and summary.png (and online.png, the per-iteration curves of online rounds);
     returns the summary. `judged`: per round, its judge artifact (evaluate.judge), whose win rate joins
-    the round's entry."""
+    the round's entry; `diagnostics`: per round, what looks wrong in it (flows.diagnostics)."""
     base_rows = store.read_rows(baseline_scored)
     if dialogues:
         start = evaluate_dialogues.summarise(evaluate_dialogues.compare(base_rows, base_rows))
@@ -33,6 +34,8 @@ def campaign_summary(
             j = store.manifest(judged[k])["summary"]
             rounds[-1].update({key: j[key] for key in ("judge_win_rate", "judge_win_rate_by_turn") if key in j})
             rounds[-1]["judge"] = j["judge"]
+        if diagnostics and diagnostics.get(k):
+            rounds[-1]["diagnostics"] = diagnostics[k]
     summary = {"campaign": campaign, "rounds": rounds}
     folder = store.root / "campaigns" / campaign
     folder.mkdir(parents=True, exist_ok=True)

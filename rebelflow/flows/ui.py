@@ -78,6 +78,7 @@ def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict
         ),
         "",
         f"Round 0 is the starting policy. Data: `{folder / 'summary.json'}`",
+        *(f"- round {r['round']}: {line}" for r in summary["rounds"] for line in r.get("diagnostics", [])),
     ]
     for name, alt in (("summary.png", "reward and win rate per round"), ("online.png", "online iterations")):
         plot = folder / name

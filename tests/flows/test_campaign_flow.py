@@ -336,3 +336,25 @@ def test_cli_prints_the_final_policy_which_exports_and_the_round_samples(tmp_pat
     assert table.exit_code == 0 and "round 1 policy" in table.output and "… 2 more prompts" in table.output
     missing = runner.invoke(app, ["samples", "out-test", "--round", "4", "--store", store])
     assert missing.exit_code == 2 and "rounds with them: [1]" in " ".join(missing.output.split())
+
+
+def test_a_mistuned_campaign_says_what_looks_wrong_and_what_to_try(tmp_path, prompts_file):
+    """η far too small for the reward's spread and replies cut at 2 tokens: the round's entry in summary.json
+    says both, with the numbers and the settings to change, and `run` prints them after the round table."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: mistuned\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "generate: {n: 3, max_new_tokens: 2}\nprepare: {validation_pairs: 1}\n"
+        "train: {eta: 1.0e-5, pairs_per_update: 4, micro_batch_pairs: 2, launcher: {kind: inprocess}}\n"
+        f"evaluate: {{prompts: {{source: {prompts_file}, id_column: id, per_round: 3}}, max_new_tokens: 2}}\n"
+    )
+    store = str(tmp_path / "store")
+    result = CliRunner().invoke(app, ["run", str(cfg_file), "--store", store])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((Path(store) / "campaigns/mistuned/summary.json").read_text())
+    found = summary["rounds"][1]["diagnostics"]
+    assert any("the regression targets are tiny: train.eta (1e-05)" in d for d in found), found
+    assert any("ended with end-of-turn: most hit generate.max_new_tokens" in d for d in found), found
+    assert "round 1:" in result.output and "regression targets are tiny" in " ".join(result.output.split())
