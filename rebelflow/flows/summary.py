@@ -117,7 +117,7 @@ def judge_text(entry: dict[str, Any]) -> str:
     if entry.get("judge_win_rate") is None:
         return "–"
     turns = entry.get("judge_win_rate_by_turn")
-    per_turn = " (" + " ".join("–" if w is None else f"{w:.2f}" for w in turns) + ")" if turns else ""
+    per_turn = f" ({by_turn_text({'win_rate_by_turn': turns})})" if turns else ""
     return f"{entry['judge_win_rate']:.3f}{per_turn}"
 
 

@@ -110,21 +110,27 @@ def test_the_zero3_model_loads_in_vllm(prepared, tmp_path):
     assert "TOKENS [" in done.stdout
 
 
-def test_a_killed_zero3_training_resumes_from_its_deepspeed_checkpoint(prepared):
-    cfg, store, refs, policy_ref = prepared
-    job = job_named(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 20, "checkpoint_every": 4})}),
-                    policy_ref, "train", zero(3))
+def kill_when_printed(job, store, marker: str) -> None:
+    """Launch the job's multi-process command and kill -9 the launcher and every rank (as a lost node would)
+    once it prints `marker`; the job must be left incomplete."""
     job_file = store.root / "job.json"
     job_file.write_text(job.model_dump_json())
     cmd = [*_entry(job, sys.executable), "--job", str(job_file), "--store", str(store.root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
-        if "checkpoint saved at update 8" in line:
-            kill_tree(proc.pid)  # the launcher and both ranks, as a lost node would
+        if marker in line:
+            kill_tree(proc.pid)
             break
     proc.wait()
     assert proc.returncode != 0 and not store.is_complete(job.ref)
+
+
+def test_a_killed_zero3_training_resumes_from_its_deepspeed_checkpoint(prepared):
+    cfg, store, refs, policy_ref = prepared
+    job = job_named(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 20, "checkpoint_every": 4})}),
+                    policy_ref, "train", zero(3))
+    kill_when_printed(job, store, "checkpoint saved at update 8")
     launch(job, store)
     log = (store.root / "logs" / f"{job.ref.id}.log").read_text()
     assert "resuming from checkpoint update-000008: 8 of 40 updates already done" in log
@@ -234,17 +240,7 @@ def test_a_killed_online_round_over_two_zero3_ranks_resumes_byte_identical(tmp_p
     expected = {name: e["sha256"] for name, e in files.items() if name.startswith(("data/", "model/"))}
     shutil.rmtree(store.path(job.ref))
 
-    job_file = store.root / "job.json"
-    job_file.write_text(job.model_dump_json())
-    cmd = [*_entry(job, sys.executable), "--job", str(job_file), "--store", str(store.root)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:
-        if "checkpoint saved at update 2" in line:
-            kill_tree(proc.pid)
-            break
-    proc.wait()
-    assert proc.returncode != 0 and not store.is_complete(job.ref)
+    kill_when_printed(job, store, "checkpoint saved at update 2")
     launch(job, store)
     log = (store.root / "logs" / f"{job.ref.id}.log").read_text()
     assert "resuming from checkpoint update-000002: 2 of 4 iterations done" in log
