@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -81,7 +82,8 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: 
             result = campaign_flow(cfg)
         except REPORTED as exc:
             _report(exc, cfg.store.root)
-    table = Table(title=f"campaign {cfg.campaign} · {time.time() - started:.1f}s · store {cfg.store.root}")
+    variant = f" (variant of {cfg.variant.of}: {cfg.variant.label()})" if cfg.variant else ""
+    table = Table(title=f"campaign {cfg.campaign}{variant} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("round", "stage", "artifact", "status", "seconds"):
         _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
     for r in result["records"]:
@@ -191,6 +193,8 @@ def history(
         table.add_column(col)
     for r in runs:
         table.add_row(r["name"], r["flow"], r["state"], str(r["start"])[:19], _secs(r["seconds"]))
+        if r["overrides"] and r["flow"] == "campaign":  # a variant: what it changed
+            table.add_row(f"  variant: {' '.join(r['overrides'])}", "", "", "", "")
         for t in r["tasks"]:
             table.add_row(f"  └ {t['name']}", "", t["state"], "", _secs(t["seconds"]))
             if t.get("curve"):  # an online round: its per-iteration curves, first → last
@@ -254,8 +258,6 @@ def export(
 ) -> None:
     """A model artifact as a plain HF folder (weights, config, tokenizer with its chat template, card with
     lineage): ready for from_pretrained, vllm serve or a push to the Hub."""
-    from pathlib import Path
-
     from rebelflow.ops.artifacts import export_model
     from rebelflow.store.local import Store
 
@@ -299,6 +301,44 @@ def samples(
         console.print(table)
     if limit and len(rows) > limit:
         console.print(f"… {len(rows) - limit} more prompts (--limit 0 shows all, --json prints them)")
+
+
+@app.command()
+def compare(
+    campaigns: Annotated[list[str] | None, typer.Argument(help="campaigns (each with its variants); all by default")] = None,
+    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    out: Annotated[str | None, typer.Option(help="where the plot goes (default: <store>/compare.png)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
+) -> None:
+    """Runs side by side: reward, reward-model and judge win rates per round for every recorded campaign and
+    variant (a run under --set overrides that change results), each labelled by its overrides; and a plot."""
+    from rebelflow.flows.compare import comparison_rows, plot_comparison, recorded_runs
+    from rebelflow.flows.summary import judge_text
+    from rebelflow.store.local import Store
+
+    try:
+        runs = recorded_runs(Store(store), campaigns or [])
+    except RebelflowError as exc:
+        err.print(f"[bold red]nothing to compare[/]: {escape(str(exc))}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    if not runs:
+        err.print(f"no campaign in {store} has a summary yet: run one first (e.g. make demo).")
+        raise typer.Exit(2)
+    rows = comparison_rows(runs)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table(title=f"runs compared · store {store} (round 0 = the starting policy)")
+    table.add_column("run", no_wrap=True)
+    for col in ("round", "policy reward", "baseline reward", "win rate vs baseline", "judge win rate"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["run"] if r["round"] == 0 or len(runs) == 1 else "", str(r["round"]), f"{r['reward']:.4f}",
+                      f"{r['baseline_reward']:.4f}", f"{r['win_rate']:.3f}", judge_text(r))
+    console.print(table)
+    path = Path(out) if out else Path(store) / "compare.png"
+    path.write_bytes(plot_comparison(runs, "runs compared: " + ", ".join(sorted({s["campaign"] for s in runs}))[:120]))
+    console.print(f"Plot: {path}")
 
 
 def _reward(value: float | None) -> str:

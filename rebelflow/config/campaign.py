@@ -17,7 +17,7 @@ from rebelflow.config.dialogue import DEFAULT_USER_TEMPLATE, DialogueConfig, Ope
 from rebelflow.config.engines import DTYPE, VLLMConfig
 from rebelflow.config.judge import JudgeConfig
 from rebelflow.config.online import OnlineConfig
-from rebelflow.config.operations import HubConfig, TrackingConfig, WandbConfig  # noqa: F401  (re-exported)
+from rebelflow.config.operations import HubConfig, TrackingConfig, VariantConfig, WandbConfig  # noqa: F401  (re-exported)
 
 # Stages of a round in order; `stop_after` may end a round early (then a campaign has one round).
 ROUND_STAGES = ("prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate")
@@ -354,6 +354,7 @@ class RunConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     hub: HubConfig | None = Field(None, description="upload every artifact to the Hub and fetch missing ones")
     store: StoreConfig = StoreConfig()
+    variant: VariantConfig | None = Field(None, description="set by the loader from --set overrides that change results")
 
     @field_validator("campaign")
     @classmethod

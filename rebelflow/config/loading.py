@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rebelflow.config.campaign import LOCAL_DATA_SUFFIXES, RunConfig
+from rebelflow.config.campaign import LOCAL_DATA_SUFFIXES, RunConfig, VariantConfig
 from rebelflow.config.errors import ConfigError
 
 
@@ -32,12 +32,26 @@ def read_config(path: str | Path, overrides: list[str] = (), store: str | None =
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}.")
+    campaign = raw.get("campaign")
     for item in overrides:
         apply_override(raw, item, root)
+    if root is RunConfig and isinstance(campaign, str):
+        _name_variant(raw, campaign, overrides)
     if store is not None:
         raw.setdefault("store", {})["root"] = store
     _resolve_paths(raw, path.parent.resolve())
     return raw
+
+
+def _name_variant(raw: dict[str, Any], campaign: str, overrides: list[str]) -> None:
+    """Overrides that change results make a variant of the campaign: named after them (unless --set campaign
+    names it), recorded in the config, so its index and summary sit beside the campaign's."""
+    variant = VariantConfig.from_overrides(campaign, overrides)
+    if variant is None:
+        return
+    raw["variant"] = variant.model_dump()
+    if raw.get("campaign") == campaign:
+        raw["campaign"] = variant.name()
 
 
 def is_reward_model_config(path: str | Path) -> bool:

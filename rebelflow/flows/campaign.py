@@ -13,7 +13,7 @@ from rebelflow.flows.common import Steps
 from rebelflow.flows.diagnostics import diagnose
 from rebelflow.flows.round import round_flow
 from rebelflow.flows.summary import campaign_summary
-from rebelflow.flows.ui import publish_campaign
+from rebelflow.flows.ui import publish_campaign, publish_comparison
 from rebelflow.planning.campaign import baseline
 from rebelflow.store.local import Store
 
@@ -40,8 +40,11 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     summary = None
     if base.eval_scored is not None:
         summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations, cfg.dialogue is not None, online,
-                                   judged, round_diagnostics(store, records))
+                                   judged, round_diagnostics(store, records),
+                                   cfg.variant.model_dump() if cfg.variant else None)
     publish_campaign(cfg.campaign, records, summary, store)
+    if summary is not None:
+        publish_comparison(cfg.variant.of if cfg.variant else cfg.campaign, store)
     return {"records": records, "summary": summary, "policy": policy}
 
 

@@ -17,11 +17,12 @@ from rebelflow.store.refs import ArtifactRef
 def campaign_summary(
     store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]],
     dialogues: bool = False, online: list[tuple[int, ArtifactRef]] = (), judged: dict[int, ArtifactRef] | None = None,
-    diagnostics: dict[int, list[str]] | None = None,
+    diagnostics: dict[int, list[str]] | None = None, variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write summary.json and summary.png (and online.png, the per-iteration curves of online rounds);
     returns the summary. `judged`: per round, its judge artifact (evaluate.judge), whose win rate joins
-    the round's entry; `diagnostics`: per round, what looks wrong in it (flows.diagnostics)."""
+    the round's entry; `diagnostics`: per round, what looks wrong in it (flows.diagnostics); `variant`: the
+    campaign this run varies and its overrides (config VariantConfig), for `rebelflow compare`."""
     base_rows = store.read_rows(baseline_scored)
     if dialogues:
         start = evaluate_dialogues.summarise(evaluate_dialogues.compare(base_rows, base_rows))
@@ -37,6 +38,8 @@ def campaign_summary(
         if diagnostics and diagnostics.get(k):
             rounds[-1]["diagnostics"] = diagnostics[k]
     summary = {"campaign": campaign, "rounds": rounds}
+    if variant:
+        summary["variant"] = variant
     folder = store.root / "campaigns" / campaign
     folder.mkdir(parents=True, exist_ok=True)
     iterations = online_curve(store, online)

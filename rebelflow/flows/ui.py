@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from rebelflow.flows.compare import comparison_rows, plot_comparison, recorded_runs
 from rebelflow.flows.summary import by_turn_text, judge_text
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
@@ -86,6 +87,21 @@ def publish_campaign(campaign: str, records: list[dict[str, Any]], summary: dict
             lines += ["", f"![{alt}](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"]
     lines += ["", "#### stage artifacts by round", "", *_round_links(campaign, records)]
     create_markdown_artifact("\n".join(lines), key=artifact_key(campaign, "summary"), description="rewards and win rates per round")
+
+
+def publish_comparison(campaign: str, store: Store) -> None:
+    """The campaign beside its variants (reward, win rates per round, one plot) when it has any."""
+    runs = recorded_runs(store, [campaign])
+    if len(runs) < 2:
+        return
+    lines = [f"### {campaign} and its variants", "", "| run | round | reward | win rate vs baseline | judge win rate |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['round']} | {r['reward']:.4f} | {r['win_rate']:.3f} | "
+              f"{judge_text({'judge_win_rate': r['judge_win_rate']})} |" for r in comparison_rows(runs)]
+    png = base64.b64encode(plot_comparison(runs, f"{campaign}: runs compared")).decode()
+    lines += ["", f"![reward and win rates per round, per run](data:image/png;base64,{png})",
+              "", "The same table and plot: `rebelflow compare " + campaign + "`."]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(campaign, "compare"), description="runs compared")
 
 
 def _round_links(campaign: str, records: list[dict[str, Any]]) -> list[str]:

@@ -36,12 +36,19 @@ def read_history(limit: int = 20) -> list[dict[str, Any]]:
             "start": r.start_time,
             "seconds": _seconds(r),
             "tasks": by_run.get(r.id, []),
+            "overrides": _overrides((r.parameters or {}).get("cfg")),
         }
         for r in runs
     ]
     for row, r in zip(out, runs, strict=True):
         _online_curves(row["tasks"], (r.parameters or {}).get("cfg"))
     return out
+
+
+def _overrides(cfg: dict | None) -> list[str]:
+    """The --set items that made the run a variant of its campaign (none for the campaign itself)."""
+    variant = cfg.get("variant") if isinstance(cfg, dict) else None
+    return list(variant.get("overrides", [])) if isinstance(variant, dict) else []
 
 
 def _online_curves(tasks: list[dict], cfg: dict | None) -> None:

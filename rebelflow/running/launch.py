@@ -99,6 +99,10 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
         log.write(f"===== exit code {proc.returncode}\n")
     if proc.returncode == 0:
         return job.ref
+    if store.is_complete(job.ref):  # a crash in teardown (gloo, an engine's shutdown): the work is done
+        emit(f"warning: {job.name} round {job.round} published its artifact, which verifies, then its process "
+             f"exited with code {proc.returncode} while shutting down; the artifact is kept. Log: {log_path}")
+        return job.ref
     raise _failure(proc.returncode, tail, log_path, reports)
 
 
@@ -191,9 +195,16 @@ class Reports:
         return self.errors[0] if self.errors else None
 
 
+# a native library's abort: "terminate called after throwing an instance of 'gloo::EnforceNotMet'", then
+# "  what():  [enforce fail at .../pair.cc:446] op.preamble.length <= op.nbytes. 8 vs 4"
+NATIVE_ABORT = re.compile(r"terminate called after throwing an instance of '(?P<type>[^']+)'")
 # "(Worker pid=12) ERROR 12-02 01:07:29 [multiproc_executor.py:1063] RuntimeError: CPU Generator does not use offset"
 LOGGED_ERROR = re.compile(r"^\((?P<who>[^)]*)\) ERROR [^\]]*\] (?P<error>[\w.]+(?:Error|Exception): .+)$")
 MAX_CAUSE = 300
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_CAUSE else text[:MAX_CAUSE] + "…"
 
 
 def unescape(text: str) -> str:
@@ -204,7 +215,7 @@ def unescape(text: str) -> str:
 def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None]) -> Reports:
     """Every line to the log; a throttled subset to `emit` (the run logger), tracebacks and the error report
     left to the log (the failure comes back as one classified error)."""
-    last, in_traceback, reports = 0.0, False, Reports()
+    last, in_traceback, reports, native = 0.0, False, Reports(), None
     for line in proc.stdout:
         log.write(line)
         line = line.rstrip()
@@ -212,10 +223,12 @@ def _pump(proc: subprocess.Popen, log, tail: deque, emit: Callable[[str], None])
         if ERROR_PREFIX in line:  # a progress bar may share its line
             reports.errors.append(line[line.index(ERROR_PREFIX):])
             continue
-        logged = LOGGED_ERROR.match(line)
+        logged, aborted = LOGGED_ERROR.match(line), NATIVE_ABORT.search(line)
         if logged and reports.first_logged is None:
-            error = logged["error"] if len(logged["error"]) <= MAX_CAUSE else logged["error"][:MAX_CAUSE] + "…"
-            reports.first_logged = f"{error} (logged by {logged['who'].split(' pid')[0]})"
+            reports.first_logged = f"{_cut(logged['error'])} (logged by {logged['who'].split(' pid')[0]})"
+        native = aborted["type"] if aborted else native
+        if native and line.lstrip().startswith("what():") and reports.first_logged is None:
+            reports.first_logged = f"{native}: {_cut(line.split('what():', 1)[1].strip())} (a native abort)"
         if line.startswith("Traceback (most recent call last)"):
             in_traceback = True
             emit(f"(a traceback: see {log.name})")

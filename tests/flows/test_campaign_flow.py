@@ -358,3 +358,45 @@ def test_a_mistuned_campaign_says_what_looks_wrong_and_what_to_try(tmp_path, pro
     assert any("the regression targets are tiny: train.eta (1e-05)" in d for d in found), found
     assert any("ended with end-of-turn: most hit generate.max_new_tokens" in d for d in found), found
     assert "round 1:" in result.output and "regression targets are tiny" in " ".join(result.output.split())
+
+
+def test_a_variant_keeps_its_own_summary_and_compare_shows_it_beside_the_campaign(tmp_path, prompts_file):
+    """`--set train.eta=3` makes a variant: named after its override, its own index and summary (the
+    campaign's stays as it was), round 1's generation reused; `compare` lists both runs with their labels,
+    reward-model and judge win rates, and writes the plot; the Prefect history records the override."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: cmp\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "generate: {n: 2, max_new_tokens: 6}\nprepare: {validation_pairs: 1}\n"
+        "train: {pairs_per_update: 4, micro_batch_pairs: 2, launcher: {kind: inprocess}}\n"
+        f"evaluate: {{prompts: {{source: {prompts_file}, id_column: id, per_round: 3}}, n: 2, max_new_tokens: 6, "
+        "judge: {kind: callable, function: 'rebelflow.judges.examples:stand_in'}}\n"
+    )
+    store, runner = tmp_path / "store", CliRunner()
+    assert runner.invoke(app, ["run", str(cfg_file), "--store", str(store)]).exit_code == 0
+    base_summary = (store / "campaigns/cmp/summary.json").read_bytes()
+    variant = runner.invoke(app, ["run", str(cfg_file), "--store", str(store), "--set", "train.eta=3",
+                                  "--set", "rounds=1"])  # rounds: the same run, not part of the label
+    assert variant.exit_code == 0, variant.output
+    assert "campaign cmp--train.eta-3 (variant of cmp: train.eta=3)" in " ".join(variant.output.split())
+    assert (store / "campaigns/cmp/summary.json").read_bytes() == base_summary
+    mine = json.loads((store / "campaigns/cmp--train.eta-3/summary.json").read_text())
+    assert mine["variant"] == {"of": "cmp", "overrides": ["train.eta=3"]}
+    indexes = [json.loads((store / f"campaigns/{c}/index.json").read_text())["rounds"]["1"] for c in ("cmp", "cmp--train.eta-3")]
+    assert indexes[0]["generate"]["id"] == indexes[1]["generate"]["id"]  # content-addressed: reused
+    assert indexes[0]["train"]["id"] != indexes[1]["train"]["id"]
+
+    shown = runner.invoke(app, ["compare", "cmp", "--store", str(store), "--json"])
+    rows = json.loads(shown.output)
+    assert [(r["run"], r["round"]) for r in rows] == [("cmp", 0), ("cmp", 1), ("cmp + train.eta=3", 0),
+                                                      ("cmp + train.eta=3", 1)]
+    assert rows[3]["win_rate"] == mine["rounds"][1]["win_rate"] and 0 <= rows[3]["judge_win_rate"] <= 1
+    table = runner.invoke(app, ["compare", "--store", str(store), "--out", str(tmp_path / "c.png")])
+    assert table.exit_code == 0 and "cmp + train.eta=3" in table.output, table.output
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    missing = runner.invoke(app, ["compare", "other", "--store", str(store)])
+    assert missing.exit_code == 2 and "campaigns with a summary are ['cmp']" in " ".join(missing.output.split())
+    run = next(r for r in read_history(50) if r["name"] == "cmp--train.eta-3" and r["flow"] == "campaign")
+    assert run["overrides"] == ["train.eta=3"]

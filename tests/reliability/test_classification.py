@@ -113,3 +113,51 @@ def test_of_several_ranks_reports_the_user_error_wins_and_keeps_its_lines(tmp_pa
 
     line = "(Worker pid=3) ERROR 12-02 01:07:29 [x.py:1] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"
     assert LOGGED_ERROR.match(line)["error"].startswith("torch.OutOfMemoryError: CUDA out of memory")
+
+
+@pytest.mark.parametrize("publishes", [True, False])
+def test_a_crash_after_the_artifact_is_published_keeps_it_and_one_before_fails(tmp_path, prompts_file, tiny_policy,
+                                                                               publishes):
+    """The stage process aborts (exit 134, as gloo or an engine's shutdown may) after or instead of its
+    work: with the verified artifact in the store the launch returns it with a warning; without, the step
+    fails with the exit code and the log."""
+    import os
+    import sys
+
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\n{'' if publishes else ': '}{sys.executable} \"$@\"\nexit 134\n")
+    os.chmod(wrapper, 0o755)
+    cfg = make_config(tmp_path, prompts_file, prepare={"launcher": {"kind": "subprocess", "python": str(wrapper)}})
+    store, _, policy = run_round(cfg, tiny_policy, upto="score")
+    job = round_plan(cfg.model_copy(update={"stop_after": "prepare"}), 1, policy, Baseline()).prepare
+    said: list[str] = []
+    if publishes:
+        assert launch(job, store, emit=said.append) == job.ref and store.is_complete(job.ref)
+        assert any("published its artifact, which verifies, then its process exited with code 134" in s for s in said)
+    else:
+        with pytest.raises(StageFailed, match=r"^prepare round 1 failed: the stage process exited with code 134"):
+            launch(job, store, emit=said.append)
+        assert not store.is_complete(job.ref)
+
+
+def test_a_native_abort_is_reported_with_what_it_threw(tmp_path):
+    """A rank that dies in C++ (gloo's enforce, thrown on a background thread) leaves only "Signal 6" in the
+    launcher's summary: the failure names the exception and its message from the rank's output."""
+    import subprocess
+    import sys
+    from collections import deque
+
+    from rebelflow.running.launch import _failure, _pump
+
+    script = ("import os, sys\n"
+              "print('terminate called after throwing an instance of \\'gloo::EnforceNotMet\\'', flush=True)\n"
+              "print('  what():  [enforce fail at pair.cc:446] op.preamble.length <= op.nbytes. 8 vs 4', flush=True)\n"
+              "for i in range(50): print('elastic noise', i, flush=True)\n"
+              "os.abort()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(tmp_path / "stage.log", "w") as log:
+        reports = _pump(proc, log, deque(maxlen=40), lambda line: None)
+    error = str(_failure(proc.returncode, deque(), tmp_path / "stage.log", reports))
+    assert error.startswith("the stage process was killed by SIGABRT"), error
+    assert ("root cause: gloo::EnforceNotMet: [enforce fail at pair.cc:446] op.preamble.length <= op.nbytes. 8 vs 4 "
+            "(a native abort)") in error
