@@ -292,3 +292,22 @@ def test_a_launch_counts_the_processes_its_accelerate_config_starts(tmp_path, pr
     with pytest.raises(ConfigError, match=r"train.pairs_per_update \(4\) must split into equal micro-batches of "
                                           r"micro_batch_pairs \(2\) over the launcher's 8 processes"):
         make_config(tmp_path, prompts_file, train={"launcher": launcher})
+
+
+def test_overrides_that_change_results_make_a_named_variant():
+    """Only overrides that can change a result make a variant; each key counts once (its last value), in key
+    order; a name too long for a campaign becomes a hash; --set campaign= names the variant itself."""
+    from rebelflow.config.campaign import VariantConfig
+
+    demo = str(REPO / "configs/demo-rebel.yaml")
+    same = load_config(demo, ["rounds=2", "train.launcher.kind=inprocess", "train.checkpoint_every=5",
+                              "tracking.wandb.mode=disabled"])
+    assert same.campaign == "demo-rebel" and same.variant is None
+    a = load_config(demo, ["train.eta=2", "generate.n=3", "train.eta=3", "rounds=2"])
+    b = load_config(demo, ["generate.n=3", "train.eta=3"])
+    assert a.campaign == b.campaign == "demo-rebel--generate.n-3_train.eta-3"
+    assert a.variant == b.variant == VariantConfig(of="demo-rebel", overrides=["generate.n=3", "train.eta=3"])
+    named = load_config(demo, ["campaign=eta3", "train.eta=3"])
+    assert named.campaign == "eta3" and named.variant.of == "demo-rebel"
+    long = VariantConfig(of="demo-rebel", overrides=[f"prompts.source=/data/{'x' * 80}.jsonl"])
+    assert len(long.name()) <= 64 and long.name().startswith("demo-rebel--")
