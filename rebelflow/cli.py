@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rebelflow.config.errors import REPORTED, ConfigError, RebelflowError
-from rebelflow.ops.console import one_message_per_failure, start_prefect
+from rebelflow.ops.console import one_message_per_failure, run_console, start_prefect
 
 app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -35,6 +35,27 @@ StoreOpt = Annotated[str | None, typer.Option("--store", help="artifact store ro
 RehearseOpt = Annotated[bool, typer.Option(
     "--rehearse", help="run the preset on this CPU first: tiny models of the same families, generated data, "
     "small sizes, every substitution printed; its own store (<store>-rehearsal unless --store)")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="show everything here (Prefect's log lines, stage output, wandb, warnings) instead of "
+    "in the run's log file")]
+
+
+@contextlib.contextmanager
+def _console(store_root: str, name: str, verbose: bool):
+    """A run's console: the progress lines and the CLI's tables here, the rest in <store>/logs/run-….log
+    unless verbose."""
+    path = Path(store_root) / "logs" / f"run-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with run_console(path, (console, err), quiet=not verbose):
+        if not verbose:
+            err.print(f"Full output (Prefect, stages, wandb, warnings): {path}   (-v shows it here)", highlight=False)
+        try:
+            yield
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            if not verbose:
+                err.print(f"The run stopped on an unexpected error; its full output: {path}", highlight=False)
+            raise
 
 
 def _rehearsal(config: str, overrides: list[str], store: str | None, root):
@@ -69,9 +90,15 @@ def _load(config: str, overrides: list[str], store: str | None, check_data: bool
 
 
 @app.command()
-def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False) -> None:
+def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False,
+        verbose: VerboseOpt = False) -> None:
     """Run or resume a campaign: finished stages are taken from the store, the rest run."""
     cfg = _load(config, set_, store, check_data=True, rehearse=rehearse)
+    with _console(cfg.store.root, cfg.campaign, verbose):
+        _run_campaign(cfg)
+
+
+def _run_campaign(cfg) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rebelflow.flows.campaign import campaign_flow
 
@@ -475,8 +502,13 @@ def _load_rm(config: str, overrides: list[str], store: str | None, train: bool |
     return cfg
 
 
-def _run_rm(config: str, overrides: list[str], store: str | None, mode: str, rehearse: bool) -> None:
+def _run_rm(config: str, overrides: list[str], store: str | None, mode: str, rehearse: bool, verbose: bool) -> None:
     cfg = _load_rm(config, overrides, store, train=mode == "train", rehearse=rehearse)
+    with _console(cfg.store.root, cfg.name, verbose):
+        _reward_model(cfg, mode)
+
+
+def _reward_model(cfg, mode: str) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rebelflow.flows.reward_model import reward_model_flow
 
@@ -515,20 +547,101 @@ def _run_rm(config: str, overrides: list[str], store: str | None, mode: str, reh
                       markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command("mt-bench")
+def mt_bench(
+    policy: Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")],
+    judge: Annotated[str, typer.Option(help="the grader: the served model's name (with --judge-url), or a Python "
+                                            "callable module:function / file.py:function")],
+    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")] = None,
+    judge_key_env: Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")] = None,
+    concurrency: Annotated[int, typer.Option(help="grading requests in flight at once")] = 8,
+    questions: Annotated[int | None, typer.Option(help="only the first N of the 80 questions")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="per answer")] = 1024,
+    engine: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    verbose: VerboseOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """MT-Bench: the policy answers the 80 two-turn questions (FastChat's temperature per category), a grader
+    rates every turn 1-10 (math, reasoning and coding against the reference answers); prints turn 1, turn 2,
+    the average and each category. Resumes like run; every grading is cached."""
+    from pydantic import ValidationError
+
+    from rebelflow.config.loading import format_validation_error
+    from rebelflow.config.mt_bench import MTBenchConfig
+    from rebelflow.planning.evaluation import policy_ref
+    from rebelflow.store.local import Store
+
+    callable_judge = ":" in judge and judge_url is None
+    module, _, fn = judge.rpartition(":")
+    if callable_judge and module.endswith(".py"):  # the stage processes run elsewhere: an absolute path
+        judge = f"{Path(module).resolve()}:{fn}"
+    spec = {"kind": "callable", "function": judge} if callable_judge else {
+        "kind": "openai", "openai": {"base_url": judge_url, "model": judge, "api_key_env": judge_key_env,
+                                     "concurrency": concurrency}}
+    try:
+        if not callable_judge and judge_url is None:
+            raise ConfigError(f"--judge {judge!r} names a served model: give its endpoint with --judge-url "
+                              "(e.g. http://127.0.0.1:8001/v1), or a Python callable module:function.")
+        raw = {"policy": policy, "judge": spec, "engine": engine, "dtype": dtype, "questions": questions,
+               "max_new_tokens": max_new_tokens, "store": {"root": store}}
+        try:
+            cfg = MTBenchConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "mt-bench", MTBenchConfig)) from None
+        policy_ref(Store(store), policy)
+        if callable_judge:
+            from rebelflow.config.callables import load_callable
+
+            load_callable(judge, "--judge")
+    except RebelflowError as exc:
+        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    with _console(store, "mt-bench", verbose):
+        summary = _mt_bench(cfg)
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    table = Table(title=f"MT-Bench · {summary['policy']} · graded by {summary['judge']}")
+    for col in ("turn 1", "turn 2", "average", "graded", "unjudged"):
+        table.add_column(col, justify="right")
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    table.add_row(fmt(summary["turn_1"]), fmt(summary["turn_2"]), fmt(summary["average"]), str(summary["graded"]),
+                  str(summary["unjudged"]))
+    console.print(table)
+    console.print("by category: " + " · ".join(f"{c} {fmt(v)}" for c, v in summary["by_category"].items()))
+    console.print(f"Summary: {store}/campaigns/{summary['name']}/summary.json")
+
+
+def _mt_bench(cfg) -> dict:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from rebelflow.flows.evaluation import mt_bench_flow
+
+    start_prefect()
+    with one_message_per_failure():
+        try:
+            return mt_bench_flow(cfg)["summary"]
+        except REPORTED as exc:
+            _report(exc, cfg.store.root)
+
+
 @app.command("rm-train")
 def rm_train(config: Annotated[str, typer.Argument(help="reward-model YAML, e.g. configs/demo-rm.yaml")],
-             set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False) -> None:
+             set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False,
+             verbose: VerboseOpt = False) -> None:
     """Train a Bradley-Terry reward model on preference pairs, then evaluate it on the held-out pairs and,
     if eval.data is set, on a RewardBench-format set. Resumes like run."""
-    _run_rm(config, set_, store, "train", rehearse)
+    _run_rm(config, set_, store, "train", rehearse, verbose)
 
 
 @app.command("rm-eval")
 def rm_eval(config: Annotated[str, typer.Argument(help="reward-model YAML, e.g. configs/demo-rm.yaml")],
-            set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False) -> None:
+            set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False,
+            verbose: VerboseOpt = False) -> None:
     """Score a reward model on eval.data the RewardBench way: eval.reward if set, else the model rm-train
     made from this config."""
-    _run_rm(config, set_, store, "eval", rehearse)
+    _run_rm(config, set_, store, "eval", rehearse, verbose)
 
 
 @app.command()

@@ -11,10 +11,11 @@ from prefect import flow
 from rebelflow.config.campaign import RunConfig
 from rebelflow.flows.common import Steps
 from rebelflow.flows.diagnostics import diagnose
+from rebelflow.flows.progress import PROGRESS
 from rebelflow.flows.round import round_flow
 from rebelflow.flows.summary import campaign_summary
 from rebelflow.flows.ui import publish_campaign, publish_comparison
-from rebelflow.planning.campaign import baseline
+from rebelflow.planning.campaign import baseline, campaign_jobs
 from rebelflow.store.local import Store
 
 
@@ -22,12 +23,14 @@ from rebelflow.store.local import Store
 def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     """Rounds 1..`through` (all by default); finished stages come back cached."""
     store = Store(cfg.store.root)
+    last = min(through or cfg.rounds, cfg.rounds)
+    PROGRESS.start([(j.round, j.name) for j in campaign_jobs(cfg) if j.round <= last])
     base = baseline(cfg)
     step = Steps(cfg.campaign, store, cfg.hub, cfg.tracking)
     for job in base.jobs:  # the starting policy (tiny build, SFT) and the baseline's evaluation samples
         step(job)
     records, policy, evaluations, online, judged = step.records, base.policy, [], [], {}
-    for k in range(1, min(through or cfg.rounds, cfg.rounds) + 1):
+    for k in range(1, last + 1):
         out = round_flow(cfg, k, policy, base.eval_prompts, base.eval_scored, base.policy)
         records += out["records"]
         policy = out["policy"]

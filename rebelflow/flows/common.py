@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rebelflow.config.campaign import HubConfig, TrackingConfig
+from rebelflow.flows.progress import PROGRESS
 from rebelflow.flows.ui import publish_stage
 from rebelflow.ml.tracking import Tracker, run_info
 from rebelflow.planning.jobs import StageJob
@@ -42,9 +43,12 @@ def run_stage(campaign: str, job: StageJob, store: Store, hub: HubConfig | None 
     if hub is not None and not store.is_complete(job.ref, quarantine=True):
         fetch_missing(hub, store, campaign, job)
     found = store.is_complete(job.ref, quarantine=True)  # damaged artifacts are moved aside and made again
+    if not found:
+        PROGRESS.begin(job.round, job.name)
     state = task_for(job, missing=not found)(job, str(store.root), return_state=True)
     if not state.is_completed():
         store.record(campaign, job.round, job.name, job.ref, state="failed")
+        PROGRESS.failed(job.round, job.name, time.time() - started)
         state.result()  # raises the stage's exception
     ref = state.result()
     seconds = time.time() - started
@@ -53,6 +57,7 @@ def run_stage(campaign: str, job: StageJob, store: Store, hub: HubConfig | None 
         record_in_index(store, campaign, job.round, job.name, publish(hub, store, campaign, job.round, job.name, ref))
     publish_stage(campaign, job.round, job.name, ref, store, seconds)
     status = "cached" if found or state.name == "Cached" else "ran"
+    PROGRESS.end(job.round, job.name, status, seconds)
     if tracking is not None and status == "ran" and job.stage not in TRAINING_STAGES:
         name = f"{campaign}-r{job.round}-{job.name}"
         tracker = Tracker(run_info(tracking, str(store.root), campaign, name, job.name), {"round": job.round})

@@ -123,3 +123,14 @@ def publish_reward_model(name: str, summary: dict[str, Any], store: Store) -> No
         lines += ["", "| section | score |", "|---|---|", *(f"| {s} | {v:.4f} |" for s, v in summary["sections"].items())]
     lines += ["", f"Data: `{store.root / 'campaigns' / name / 'summary.json'}`"]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name, "summary"), description="reward-model scores")
+
+
+def publish_mt_bench(name: str, summary: dict[str, Any]) -> None:
+    """MT-Bench's table: turn 1, turn 2, average, and the score per category."""
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"### {name}", "", f"Policy `{summary['policy']}` · grader `{summary['judge']}` · "
+             f"{summary['graded']} answers graded, {summary['unjudged']} unjudged", "",
+             "| turn 1 | turn 2 | average |", "|---|---|---|",
+             f"| {fmt(summary['turn_1'])} | {fmt(summary['turn_2'])} | {fmt(summary['average'])} |", "",
+             "| category | score |", "|---|---|", *(f"| {c} | {fmt(v)} |" for c, v in summary["by_category"].items())]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name), description="MT-Bench scores")

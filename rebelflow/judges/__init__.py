@@ -75,7 +75,7 @@ class Judge:
         `ask(request) -> (text, top_logprobs)` answers one request; by default the configured endpoint or
         callable."""
         self.cfg, self.identity, self.cache = cfg, identity, cache_dir
-        self.ask = ask or _asker(cfg)
+        self.ask = ask or asker(cfg)
         self.calls = 0  # requests that reached the judge (not answered from the cache)
         self.lock = threading.Lock()
 
@@ -146,7 +146,7 @@ def combine(fmt: str, first: float | None, second: float | None) -> float | None
     return (first + second) / 2
 
 
-def _asker(cfg: JudgeConfig) -> Callable:
+def asker(cfg: JudgeConfig) -> Callable:
     if cfg.kind == "callable":
         from rebelflow.config.callables import load_callable
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 from rebelflow.config.errors import REPORTED
 
@@ -39,7 +40,10 @@ def start_prefect() -> None:
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "rebelflow-start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        SubprocessASGIServer().start()
+        # Prefect waits 20 s by default; the first start on a fresh machine (cold disk, the database
+        # migrated) took longer on 2 cores. A user's own setting wins.
+        explicit = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ
+        SubprocessASGIServer().start(timeout=None if explicit else 120)
 
 
 @contextlib.contextmanager
@@ -55,3 +59,97 @@ def one_message_per_failure():
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
+
+
+class _Terminal(logging.Handler):
+    """The progress lines (flows.progress) on the terminal: on a tty a `transient` line stays until the
+    stage's final line replaces it; elsewhere transient lines are left out."""
+
+    def __init__(self, stream):
+        super().__init__(logging.INFO)
+        self.stream, self.tty = stream, _isatty(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if getattr(record, "transient", False):
+            if self.tty:
+                self.stream.write(f"\r\033[K{text}")
+                self.stream.flush()
+            return
+        self.stream.write(f"\r\033[K{text}\n" if self.tty else f"{text}\n")
+        self.stream.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _terminal_copy(stream):
+    """A writable copy of `stream` that survives its file descriptor being redirected, or the stream itself
+    when it has none (a test runner's capture)."""
+    import io
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return stream
+    stream.flush()
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def run_console(log_path, consoles=(), quiet: bool = True):
+    """A CLI run's console. Quiet: everything the process and its children write — Prefect's log lines,
+    stage output and progress bars, wandb, library warnings — goes to `log_path` (the file descriptors
+    themselves, so native libraries and subprocesses too); the terminal keeps the progress lines
+    (flows.progress) and what the CLI prints through `consoles` (rich Consoles: tables, errors). Not quiet
+    (-v): everything stays on the terminal, with the progress lines among it."""
+    import sys
+
+    from rebelflow.flows.progress import LOGGER
+
+    if not quiet:
+        handler = _Terminal(sys.stderr)
+        LOGGER.addHandler(handler)
+        LOGGER.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            LOGGER.removeHandler(handler)
+        return
+    out, err = _terminal_copy(sys.stdout), _terminal_copy(sys.stderr)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # left open: Prefect's console handler, made during the run, keeps writing to it (the temporary server's
+    # "stopping" line at exit), and wandb wraps its write
+    log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    streams = sys.stdout, sys.stderr
+    for fd in (1, 2):
+        os.dup2(log.fileno(), fd)
+    sys.stdout = sys.stderr = log
+    handler = _Terminal(err)
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    for console in consoles:
+        console.file = err if console.stderr else out
+    try:
+        yield
+    finally:
+        for console in consoles:
+            console.file = None
+        logging.captureWarnings(False)
+        LOGGER.removeHandler(handler)
+        log.flush()
+        sys.stdout, sys.stderr = streams
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        for stream in (out, err):
+            if stream not in streams:
+                stream.close()

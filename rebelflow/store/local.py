@@ -118,7 +118,8 @@ class Store:
             data = json.loads((candidate / MANIFEST).read_text())
             return ArtifactRef(id=data["id"], stage=data["stage"], kind=data["kind"])
         base = self.root / "artifacts"
-        matches = sorted(p.name for p in base.glob(f"{text}*") if (p / MANIFEST).is_file()) if base.is_dir() else []
+        is_id = base.is_dir() and text and "/" not in text and not text.startswith(".")  # a path is no id prefix
+        matches = sorted(p.name for p in base.glob(f"{text}*") if (p / MANIFEST).is_file()) if is_id else []
         if len(matches) != 1:
             what = "no artifact" if not matches else f"{len(matches)} artifacts ({', '.join(matches[:5])})"
             raise KeyError(f"{text!r} matches {what} in {base}. Give a full id (see `rebelflow plan`).")

@@ -400,3 +400,31 @@ def test_a_variant_keeps_its_own_summary_and_compare_shows_it_beside_the_campaig
     assert missing.exit_code == 2 and "campaigns with a summary are ['cmp']" in " ".join(missing.output.split())
     run = next(r for r in read_history(50) if r["name"] == "cmp--train.eta-3" and r["flow"] == "campaign")
     assert run["overrides"] == ["train.eta=3"]
+
+
+def test_the_console_shows_one_line_per_stage_and_the_log_file_the_rest(tmp_path, prompts_file):
+    """`rebelflow run` as a user starts it: the terminal gets one progress line per stage (with the count and
+    the time left) and the tables; Prefect's log lines and wandb's output go to the run's log file; `-v`
+    shows them on the terminal as well."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"campaign: quiet\nprompts: {{source: {prompts_file}, id_column: id}}\n"
+        "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
+        "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
+        "generate: {n: 2, max_new_tokens: 6}\nprepare: {validation_pairs: 1}\nstop_after: prepare\n"
+        "tracking: {wandb: {project: quiet-test, mode: offline}}\n"
+    )
+    cli = [sys.executable, "-c", "from rebelflow.cli import main; main()", "run", str(cfg_file)]
+    quiet = subprocess.run([*cli, "--store", str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    shown = (quiet.stdout + quiet.stderr).splitlines()
+    steps = [line for line in shown if line.startswith("round ")]
+    assert [line.split()[3] for line in steps] == ["tiny_model", "prompts", "generate", "score", "prepare"]
+    assert all(" ran " in line for line in steps) and "5/5 stages" in steps[-1] and "left" in steps[0]
+    assert not [line for line in shown if line.startswith("wandb:") or "| INFO" in line], shown
+    assert len(shown) < 40, shown
+    log = next((tmp_path / "a" / "logs").glob("run-quiet-*.log")).read_text()
+    assert "Finished in state Completed()" in log and "wandb: " in log
+    verbose = subprocess.run([*cli, "--store", str(tmp_path / "b"), "-v"], capture_output=True, text=True, timeout=600)
+    assert verbose.returncode == 0 and "Finished in state Completed()" in verbose.stdout + verbose.stderr
+    assert not list((tmp_path / "b").glob("logs/run-*.log"))

@@ -1,0 +1,37 @@
+"""The plan of `rebelflow mt-bench`: the policy's answers (mt_bench_answer), then their grades
+(mt_bench_judge), with fingerprints, computed without doing work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rebelflow.config.errors import DataError
+from rebelflow.config.mt_bench import MTBenchConfig
+from rebelflow.judges import judge_identity
+from rebelflow.planning.jobs import StageJob, make_job
+from rebelflow.stages import mt_bench_answer, mt_bench_judge
+from rebelflow.store.local import Store
+from rebelflow.store.refs import ArtifactRef, external_model
+
+
+def policy_ref(store: Store, text: str) -> ArtifactRef:
+    """A model artifact of the store (id, unique prefix or folder), else a model folder or Hub id."""
+    try:
+        ref = store.find(text)
+    except KeyError:
+        if Path(text).is_dir() or (text.count("/") == 1 and not Path(text).exists()):
+            return external_model(str(Path(text).resolve()) if Path(text).is_dir() else text)
+        raise DataError(f"{text!r} is neither an artifact of {store.root} nor a model folder or Hub id. Give a "
+                        "round's policy (the id `rebelflow run` prints), a folder with config.json, or owner/name.") from None
+    if ref.kind != "model":
+        raise DataError(f"{ref.id} is a {ref.kind} artifact (stage {ref.stage}): MT-Bench answers with a model "
+                        "(train, online, sft).")
+    return ref
+
+
+def mt_bench_jobs(cfg: MTBenchConfig, policy: ArtifactRef) -> list[StageJob]:
+    answers = make_job(mt_bench_answer, 0, mt_bench_answer.Settings(
+        engine=cfg.engine, vllm=cfg.vllm, max_new_tokens=cfg.max_new_tokens, questions=cfg.questions,
+        dtype=cfg.dtype, launcher=cfg.launcher), [policy], cfg.launcher)
+    settings = mt_bench_judge.Settings(judge=cfg.judge, judge_identity=judge_identity(cfg.judge))
+    return [answers, make_job(mt_bench_judge, 0, settings, [answers.ref])]
