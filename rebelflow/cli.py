@@ -566,35 +566,11 @@ def mt_bench(
     """MT-Bench: the policy answers the 80 two-turn questions (FastChat's temperature per category), a grader
     rates every turn 1-10 (math, reasoning and coding against the reference answers); prints turn 1, turn 2,
     the average and each category. Resumes like run; every grading is cached."""
-    from pydantic import ValidationError
+    from rebelflow.ops.evaluation import mt_bench_config
 
-    from rebelflow.config.loading import format_validation_error
-    from rebelflow.config.mt_bench import MTBenchConfig
-    from rebelflow.planning.evaluation import policy_ref
-    from rebelflow.store.local import Store
-
-    callable_judge = ":" in judge and judge_url is None
-    module, _, fn = judge.rpartition(":")
-    if callable_judge and module.endswith(".py"):  # the stage processes run elsewhere: an absolute path
-        judge = f"{Path(module).resolve()}:{fn}"
-    spec = {"kind": "callable", "function": judge} if callable_judge else {
-        "kind": "openai", "openai": {"base_url": judge_url, "model": judge, "api_key_env": judge_key_env,
-                                     "concurrency": concurrency}}
     try:
-        if not callable_judge and judge_url is None:
-            raise ConfigError(f"--judge {judge!r} names a served model: give its endpoint with --judge-url "
-                              "(e.g. http://127.0.0.1:8001/v1), or a Python callable module:function.")
-        raw = {"policy": policy, "judge": spec, "engine": engine, "dtype": dtype, "questions": questions,
-               "max_new_tokens": max_new_tokens, "store": {"root": store}}
-        try:
-            cfg = MTBenchConfig.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, "mt-bench", MTBenchConfig)) from None
-        policy_ref(Store(store), policy)
-        if callable_judge:
-            from rebelflow.config.callables import load_callable
-
-            load_callable(judge, "--judge")
+        cfg = mt_bench_config(policy, judge, judge_url, judge_key_env, concurrency, questions=questions,
+                              max_new_tokens=max_new_tokens, engine=engine, dtype=dtype, store={"root": store})
     except RebelflowError as exc:
         err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
