@@ -47,7 +47,7 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per run and round: reward, baseline reward, RM win rate, judge win rate (None when unjudged)."""
     return [{"run": label(s), "campaign": s["campaign"], "round": r["round"], "reward": r["reward_mean"],
              "baseline_reward": r["baseline_reward_mean"], "win_rate": r["win_rate"],
-             "judge_win_rate": r.get("judge_win_rate")}
+             "judge_win_rate": r.get("judge_win_rate"), "judge_lc_win_rate": r.get("judge_lc_win_rate")}
             for s in runs for r in s["rounds"]]
 
 

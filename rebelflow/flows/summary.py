@@ -33,7 +33,8 @@ def campaign_summary(
         rounds.append(_entry(k, store.manifest(ref)["summary"], ref))
         if judged and k in judged:
             j = store.manifest(judged[k])["summary"]
-            rounds[-1].update({key: j[key] for key in ("judge_win_rate", "judge_win_rate_by_turn") if key in j})
+            rounds[-1].update({key: j[key] for key in ("judge_win_rate", "judge_win_rate_by_turn", "judge_lc_win_rate")
+                               if key in j})
             rounds[-1]["judge"] = j["judge"]
         if diagnostics and diagnostics.get(k):
             rounds[-1]["diagnostics"] = diagnostics[k]
@@ -121,7 +122,8 @@ def judge_text(entry: dict[str, Any]) -> str:
         return "–"
     turns = entry.get("judge_win_rate_by_turn")
     per_turn = f" ({by_turn_text({'win_rate_by_turn': turns})})" if turns else ""
-    return f"{entry['judge_win_rate']:.3f}{per_turn}"
+    lc = f" (LC {entry['judge_lc_win_rate']:.3f})" if entry.get("judge_lc_win_rate") is not None else ""
+    return f"{entry['judge_win_rate']:.3f}{per_turn}{lc}"
 
 
 def plot(rounds: list[dict[str, Any]], path: Path, title: str) -> None:

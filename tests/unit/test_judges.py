@@ -179,3 +179,26 @@ def test_a_callable_may_answer_with_a_probability_in_either_format(tmp_path, fmt
     cfg = JudgeConfig(kind="callable", function="rebelflow.judges.examples:stand_in", format=fmt)
     got = Judge(cfg, "stand-in", tmp_path).judge([(convo("5"), convo("17")), (convo("12"), convo("34"))])
     assert [j.outcome for j in got] == pytest.approx([1.0, 0.5])  # the shorter answer wins; equal lengths tie
+
+
+def test_a_judge_swayed_by_length_gets_a_length_controlled_win_rate_near_half(tmp_path):
+    """A judge that prefers the shorter answer whatever it says (more surely the larger the difference); the
+    new policy's answers are mostly shorter: its raw preference win rate is high, the length-controlled one
+    (the judge stage's judge_lc_win_rate, preference format) near 1/2."""
+    import random
+
+    from rebelflow.stages.judge import length_controlled
+
+    (tmp_path / "judge.py").write_text("import math\n\ndef shorter(a, b):\n"
+                                       "    return 1 / (1 + math.exp((len(a[-1]['content']) - len(b[-1]['content'])) / 15))\n")
+    rng = random.Random(0)
+    pairs = [(convo("x" * rng.randint(5, 60)), convo("y" * rng.randint(30, 90))) for _ in range(60)]
+    cfg = JudgeConfig(kind="callable", function=f"{tmp_path / 'judge.py'}:shorter", format="preference")
+    judged = Judge(cfg, "shorter", tmp_path / "cache").judge(pairs)
+    rows = [{"turn": 1, "outcome": j.outcome, "new_chars": len(a[-1]["content"]), "baseline_chars": len(b[-1]["content"])}
+            for (a, b), j in zip(pairs, judged, strict=True)]
+    raw = summarise(rows)["judge_win_rate"]
+    lc = length_controlled(rows)
+    assert raw > 0.75 and abs(lc["judge_lc_win_rate"] - 0.5) < 0.08, (raw, lc)
+    assert lc["judge_lc_length_weight"] > 0  # a longer baseline answer (Δ > 0) makes the new one win
+    assert length_controlled(rows[:9]) == {} and length_controlled([{**r, "turn": 2} for r in rows]) == {}
