@@ -575,7 +575,7 @@ def mt_bench(
         err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     with _console(store, "mt-bench", verbose):
-        summary = _mt_bench(cfg)
+        summary = _evaluation("mt_bench_flow", cfg)
     if as_json:
         print(json.dumps(summary, indent=1))
         return
@@ -590,14 +590,58 @@ def mt_bench(
     console.print(f"Summary: {store}/campaigns/{summary['name']}/summary.json")
 
 
-def _mt_bench(cfg) -> dict:
+@app.command("alpaca-eval")
+def alpaca_eval(
+    policy: Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")],
+    reference: Annotated[str, typer.Option(help="reference outputs: JSON/JSONL of {instruction, output}, or `hub` "
+                                                "for AlpacaEval 2.0's")],
+    judge: Annotated[str, typer.Option(help="the judge: the served model's name (with --judge-url), or a Python "
+                                            "callable module:function / file.py:function")],
+    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")] = None,
+    judge_key_env: Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")] = None,
+    concurrency: Annotated[int, typer.Option(help="judge requests in flight at once")] = 8,
+    limit: Annotated[int | None, typer.Option(help="only the first N instructions")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="per answer")] = 2048,
+    engine: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    verbose: VerboseOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """AlpacaEval-style: the policy answers each instruction, a judge compares its answer with the reference
+    output in both orders (preference format); prints the raw and the length-controlled win rate."""
+    from rebelflow.ops.evaluation import alpaca_eval_config
+
+    try:
+        cfg = alpaca_eval_config(policy, reference, judge, judge_url, judge_key_env, concurrency, limit=limit,
+                                 max_new_tokens=max_new_tokens, engine=engine, dtype=dtype, store={"root": store})
+    except RebelflowError as exc:
+        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    with _console(store, "alpaca-eval", verbose):
+        summary = _evaluation("alpaca_eval_flow", cfg)
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    lc = summary.get("judge_lc_win_rate")
+    table = Table(title=f"AlpacaEval-style · {summary['policy']} against {Path(cfg.reference).name} · judged by {summary['judge']}")
+    for col in ("win rate", "length-controlled", "wins", "ties", "losses", "unjudged"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{summary['judge_win_rate']:.4f}", "–" if lc is None else f"{lc:.4f}", str(summary["judge_wins"]),
+                  str(summary["judge_ties"]), str(summary["judge_losses"]), str(summary["unjudged"]))
+    console.print(table)
+    console.print(f"Summary: {store}/campaigns/{summary['name']}/summary.json")
+
+
+def _evaluation(flow_name: str, cfg) -> dict:
+    """An evaluation flow (flows.evaluation) run here; its summary."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from rebelflow.flows.evaluation import mt_bench_flow
+    from rebelflow.flows import evaluation
 
     start_prefect()
     with one_message_per_failure():
         try:
-            return mt_bench_flow(cfg)["summary"]
+            return getattr(evaluation, flow_name)(cfg)["summary"]
         except REPORTED as exc:
             _report(exc, cfg.store.root)
 

@@ -1,15 +1,16 @@
-"""mt_bench_flow: a policy's MT-Bench answers and grades (`rebelflow mt-bench`), resumable like a campaign;
-the figures go to `<store>/campaigns/mt-bench-<policy>/summary.json` and the UI."""
+"""The evaluation flows, resumable like a campaign: mt_bench_flow (`rebelflow mt-bench`, a policy's MT-Bench
+answers and grades) and alpaca_eval_flow (`rebelflow alpaca-eval`, a policy against reference outputs). The
+figures go to `<store>/campaigns/<mt-bench|alpaca-eval>-<policy>/summary.json` and the UI."""
 
 # No `from __future__ import annotations`: Prefect builds each flow's parameter model from its annotations.
 from typing import Any
 
 from prefect import flow
 
-from rebelflow.config.mt_bench import MTBenchConfig
+from rebelflow.config.evaluation import AlpacaEvalConfig, MTBenchConfig
 from rebelflow.flows.common import Steps
-from rebelflow.flows.ui import publish_mt_bench
-from rebelflow.planning.evaluation import mt_bench_jobs, policy_ref
+from rebelflow.flows.ui import publish_alpaca_eval, publish_mt_bench
+from rebelflow.planning.evaluation import alpaca_eval_jobs, mt_bench_jobs, policy_ref
 from rebelflow.store.local import Store, write_json_atomic
 
 
@@ -22,11 +23,30 @@ def mt_bench_flow(cfg: MTBenchConfig) -> dict[str, Any]:
     jobs = mt_bench_jobs(cfg, policy)
     for job in jobs:
         step(job)
-    graded = store.manifest(jobs[-1].ref)["summary"]
+    summary = _summary(store, name, policy, jobs)
+    publish_mt_bench(name, summary)
+    return {"records": step.records, "summary": summary}
+
+
+@flow(name="alpaca-eval", flow_run_name="alpaca-eval-{cfg.policy}", log_prints=True)
+def alpaca_eval_flow(cfg: AlpacaEvalConfig) -> dict[str, Any]:
+    store = Store(cfg.store.root)
+    policy = policy_ref(store, cfg.policy)
+    name = f"alpaca-eval-{policy.id}"
+    step = Steps(name, store)
+    jobs = alpaca_eval_jobs(cfg, policy)
+    for job in jobs:
+        step(job)
+    summary = _summary(store, name, policy, jobs)
+    publish_alpaca_eval(name, summary)
+    return {"records": step.records, "summary": summary}
+
+
+def _summary(store: Store, name: str, policy, jobs) -> dict[str, Any]:
+    """The last step's summary with what it evaluated, written to the run's summary.json."""
     summary = {"name": name, "policy": policy.id, "policy_source": policy.source, "answers": jobs[0].ref.id,
-               "grades": jobs[-1].ref.id, **graded}
+               "grades": jobs[-1].ref.id, **store.manifest(jobs[-1].ref)["summary"]}
     folder = store.root / "campaigns" / name
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "summary.json", summary)
-    publish_mt_bench(name, summary)
-    return {"records": step.records, "summary": summary}
+    return summary

@@ -134,3 +134,14 @@ def publish_mt_bench(name: str, summary: dict[str, Any]) -> None:
              f"| {fmt(summary['turn_1'])} | {fmt(summary['turn_2'])} | {fmt(summary['average'])} |", "",
              "| category | score |", "|---|---|", *(f"| {c} | {fmt(v)} |" for c, v in summary["by_category"].items())]
     create_markdown_artifact("\n".join(lines), key=artifact_key(name), description="MT-Bench scores")
+
+
+def publish_alpaca_eval(name: str, summary: dict[str, Any]) -> None:
+    """The raw and length-controlled win rates against the reference outputs."""
+    lc = summary.get("judge_lc_win_rate")
+    lines = [f"### {name}", "", f"Policy `{summary['policy']}` · judge `{summary['judge']}` · {summary['judged']} "
+             f"instructions judged in both orders, {summary['unjudged']} unjudged", "",
+             "| win rate | length-controlled win rate | wins | ties | losses |", "|---|---|---|---|---|",
+             f"| {summary['judge_win_rate']:.4f} | {'–' if lc is None else f'{lc:.4f}'} | {summary['judge_wins']} | "
+             f"{summary['judge_ties']} | {summary['judge_losses']} |"]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(name), description="AlpacaEval-style win rates")

@@ -1,5 +1,6 @@
-"""What `rebelflow mt-bench` checks before any work: its options as an MTBenchConfig, the policy found, the
-interpreter that answers (vLLM's own environment for --engine vllm) and a callable grader imported."""
+"""What the evaluation commands check before any work: their options as a config (MTBenchConfig,
+AlpacaEvalConfig), the policy found, the interpreter that answers (vLLM's own environment for --engine vllm),
+a callable judge imported; AlpacaEval's reference outputs fetched from the Hub when asked for."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from rebelflow.config.errors import ConfigError
+from rebelflow.config.evaluation import AlpacaEvalConfig, MTBenchConfig
 from rebelflow.config.loading import format_validation_error
-from rebelflow.config.mt_bench import MTBenchConfig
 from rebelflow.planning.environments import interpreter
-from rebelflow.planning.evaluation import policy_ref
+from rebelflow.planning.evaluation import check_reference, policy_ref
 from rebelflow.store.local import Store
 
 
@@ -21,6 +22,57 @@ def mt_bench_config(policy: str, judge: str, judge_url: str | None, key_env: str
                     **options: Any) -> MTBenchConfig:
     """`judge`: a served model's name (with `judge_url`) or a callable module:function / file.py:function.
     Raises ConfigError (or DataError for a policy that is not there) naming the fix."""
+    return evaluation_config(MTBenchConfig, policy, judge, judge_url, key_env, concurrency, **options)
+
+
+def alpaca_eval_config(policy: str, reference: str, judge: str, judge_url: str | None, key_env: str | None,
+                       concurrency: int, **options: Any) -> AlpacaEvalConfig:
+    """As mt_bench_config, with the judge in the preference format and `reference` a local file or `hub`
+    (AlpacaEval 2.0's GPT-4 Turbo reference outputs, downloaded into the store once)."""
+    if reference == "hub":
+        reference = _hub_reference(options["store"]["root"])
+    elif not Path(reference).is_file():
+        raise ConfigError(f"--reference {reference!r}: no such file. Give AlpacaEval's reference outputs (JSON or "
+                          "JSONL of {instruction, output}), or `hub` for AlpacaEval 2.0's own.")
+    check_reference(reference, options.get("limit"))  # a bad file stops here, before any model loads
+    return evaluation_config(AlpacaEvalConfig, policy, judge, judge_url, key_env, concurrency,
+                             reference=str(Path(reference).resolve()), judge_format="preference", **options)
+
+
+REFERENCE_REPO, REFERENCE_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"
+
+
+def _hub_reference(store_root: str) -> str:
+    """AlpacaEval 2.0's reference outputs (805 instructions, GPT-4 Turbo's answers) with each instruction's
+    difficulty (AlpacaEval's leaderboard fit, the LC GLM's difficulty term), from the Hub, kept in
+    <store>/inputs/ so a re-run needs no network."""
+    import csv
+    import json
+
+    dest = Path(store_root) / "inputs" / REFERENCE_FILE
+    if dest.is_file():
+        return str(dest)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        rows = json.loads(Path(hf_hub_download(REFERENCE_REPO, REFERENCE_FILE, repo_type="dataset",
+                                               subfolder="alpaca_eval")).read_text())
+        difficulty = Path(hf_hub_download(REFERENCE_REPO, "instruction_difficulty.csv", repo_type="dataset"))
+    except Exception as exc:  # offline, blocked, or the files moved
+        raise ConfigError(f"could not fetch AlpacaEval's reference outputs from the Hub ({REFERENCE_REPO}: "
+                          f"{type(exc).__name__}: {str(exc)[:200]}). Download them where the Hub is reachable and "
+                          "pass --reference FILE.") from None
+    with open(difficulty) as fh:
+        values = [float(r[-1]) for r in list(csv.reader(fh))[1:]]
+    if len(values) == len(rows):
+        rows = [{**r, "instruction_difficulty": v} for r, v in zip(rows, values, strict=True)]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(rows))
+    return str(dest)
+
+
+def evaluation_config(root, policy: str, judge: str, judge_url: str | None, key_env: str | None, concurrency: int,
+                      judge_format: str = "pair", **options: Any):
     callable_judge = ":" in judge and judge_url is None
     if not callable_judge and judge_url is None:
         raise ConfigError(f"--judge {judge!r} names a served model: give its endpoint with --judge-url "
@@ -31,13 +83,13 @@ def mt_bench_config(policy: str, judge: str, judge_url: str | None, key_env: str
     spec = {"kind": "callable", "function": judge} if callable_judge else {
         "kind": "openai", "openai": {"base_url": judge_url, "model": judge, "api_key_env": key_env,
                                      "concurrency": concurrency}}
-    raw = {"policy": policy, "judge": spec, **options}
+    raw = {"policy": policy, "judge": {**spec, "format": judge_format}, **options}
     if options.get("engine") == "vllm" and importlib.util.find_spec("vllm") is None:
         raw["launcher"] = {"kind": "subprocess", "env": "vllm"}  # vLLM's own environment (make vllm-env)
     try:
-        cfg = MTBenchConfig.model_validate(raw)
+        cfg = root.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "mt-bench", MTBenchConfig)) from None
+        raise ConfigError(format_validation_error(exc, "the command's options", root)) from None
     policy_ref(Store(cfg.store.root), policy)
     interpreter(cfg.launcher)
     if callable_judge:

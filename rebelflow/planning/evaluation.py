@@ -1,17 +1,19 @@
-"""The plan of `rebelflow mt-bench`: the policy's answers (mt_bench_answer), then their grades
-(mt_bench_judge), with fingerprints, computed without doing work."""
+"""The plans of the evaluation commands, with fingerprints, computed without doing work: `rebelflow mt-bench`
+(the policy's answers, mt_bench_answer, then their grades, mt_bench_judge) and `rebelflow alpaca-eval` (the
+policy's answers beside the reference outputs, alpaca_answer, then the judge stage on them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rebelflow.config.errors import DataError
-from rebelflow.config.mt_bench import MTBenchConfig
+from rebelflow.config.evaluation import AlpacaEvalConfig, MTBenchConfig
 from rebelflow.judges import judge_identity
+from rebelflow.judges.alpaca_eval import read_reference
 from rebelflow.planning.jobs import StageJob, make_job
-from rebelflow.stages import mt_bench_answer, mt_bench_judge
+from rebelflow.stages import alpaca_answer, judge, mt_bench_answer, mt_bench_judge
 from rebelflow.store.local import Store
-from rebelflow.store.refs import ArtifactRef, external_model
+from rebelflow.store.refs import ArtifactRef, data_identity, external_model
 
 
 def policy_ref(store: Store, text: str) -> ArtifactRef:
@@ -35,3 +37,18 @@ def mt_bench_jobs(cfg: MTBenchConfig, policy: ArtifactRef) -> list[StageJob]:
         dtype=cfg.dtype, launcher=cfg.launcher), [policy], cfg.launcher)
     settings = mt_bench_judge.Settings(judge=cfg.judge, judge_identity=judge_identity(cfg.judge))
     return [answers, make_job(mt_bench_judge, 0, settings, [answers.ref])]
+
+
+def check_reference(path: str, limit: int | None = None) -> int:
+    """The reference file read as the answer stage will read it (a bad file stops the command before any
+    model loads); its number of instructions."""
+    return len(read_reference(path, limit))
+
+
+def alpaca_eval_jobs(cfg: AlpacaEvalConfig, policy: ArtifactRef) -> list[StageJob]:
+    answers = make_job(alpaca_answer, 0, alpaca_answer.Settings(
+        reference=cfg.reference, reference_id=data_identity(cfg.reference, "train"), limit=cfg.limit,
+        engine=cfg.engine, vllm=cfg.vllm, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+        dtype=cfg.dtype, launcher=cfg.launcher), [policy], cfg.launcher)
+    settings = judge.Settings(judge=cfg.judge, judge_identity=judge_identity(cfg.judge))
+    return [answers, make_job(judge, 0, settings, [answers.ref])]

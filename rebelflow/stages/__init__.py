@@ -20,7 +20,7 @@ from types import ModuleType
 STAGE_MODULES = (
     "tiny_model", "prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate", "sft",
     "generate_dialogues", "score_dialogues", "prepare_dialogues", "evaluate_dialogues",
-    "preferences", "rm_train", "rm_eval", "online", "judge", "mt_bench_answer", "mt_bench_judge",
+    "preferences", "rm_train", "rm_eval", "online", "judge", "mt_bench_answer", "mt_bench_judge", "alpaca_answer",
 )
 
 

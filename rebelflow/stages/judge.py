@@ -66,7 +66,8 @@ def run(settings: Settings, evaluation: ArtifactRef, *, store: Store) -> Artifac
     ref = artifact_ref(NAME, VERSION, KIND, settings, [evaluation])
     if store.is_complete(ref, quarantine=True):
         return ref
-    items = pairs_of(store.read_rows(evaluation))
+    evaluated = store.read_rows(evaluation)
+    items = pairs_of(evaluated)
     if not items:
         raise DataError("the evaluation has no pair of replies to judge.")
     judge = Judge(settings.judge, settings.judge_identity, store.root / "judgments")
@@ -85,8 +86,8 @@ def run(settings: Settings, evaluation: ArtifactRef, *, store: Store) -> Artifac
     with store.writer(ref, VERSION, hashed_settings(settings), [evaluation]) as w:
         w.write_shard("train", 0, rows, SCHEMA)
         summary = summarise(rows)
-        if settings.judge.format == "preference":
-            summary |= length_controlled(rows)
+        if settings.judge.format == "preference":  # an instruction set's difficulty term, when it has one
+            summary |= length_controlled(rows, {r["prompt_id"]: r.get("difficulty") for r in evaluated})
         w.finish(summary={**summary, "judge": settings.judge_identity},
                  card="The new policy's replies against the baseline's, judged in both orders.")
     print(f"judge: {judge.calls} requests reached {settings.judge_identity} ({len(rows)} pairs in both orders; the rest "
@@ -115,18 +116,23 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def length_controlled(rows: list[dict]) -> dict:
+def length_controlled(rows: list[dict], difficulty: dict[str, float | None] | None = None) -> dict:
     """AlpacaEval 2.0's length-controlled win rate of single replies judged in the preference format
-    (judges.length_control; no instruction-difficulty term: the held-out prompts have none). Nothing for
-    dialogues or fewer than 10 judged prompts."""
+    (judges.length_control), with the instruction-difficulty term when every judged prompt has a difficulty
+    (AlpacaEval's own instructions; a round's held-out prompts have none). Nothing for dialogues or fewer than
+    10 judged prompts."""
     from rebelflow.judges.length_control import lc_win_rate
 
     judged = [r for r in rows if r["outcome"] is not None]
     if len(judged) < 10 or any(r["turn"] != 1 for r in rows):
         return {}
+    known = [(difficulty or {}).get(r["prompt_id"]) for r in judged] if difficulty else [None]
     got = lc_win_rate([r["outcome"] for r in judged], [r["new_chars"] for r in judged],
-                      [r["baseline_chars"] for r in judged])
-    return {"judge_lc_win_rate": round(got["lc_win_rate"], 5), "judge_lc_length_weight": round(got["length_weight"], 4)}
+                      [r["baseline_chars"] for r in judged], known if None not in known else None)
+    out = {"judge_lc_win_rate": round(got["lc_win_rate"], 5), "judge_lc_length_weight": round(got["length_weight"], 4)}
+    if "difficulty_weight" in got:
+        out["judge_lc_difficulty_weight"] = round(got["difficulty_weight"], 4)
+    return out
 
 
 if __name__ == "__main__":
