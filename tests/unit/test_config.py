@@ -10,7 +10,7 @@ from rebelflow.config.loading import load_config
 from rebelflow.planning.campaign import campaign_jobs
 from tests.conftest import REPO, make_config
 
-ALL_PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+ALL_PRESETS = sorted([*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "examples").glob("*.yaml")])
 # Reward-model presets (rm-train / rm-eval) have a `name:`; campaign presets a `campaign:`.
 RM_PRESETS = [p for p in ALL_PRESETS if "\nname:" in "\n" + p.read_text()]
 PRESETS = [p for p in ALL_PRESETS if p not in RM_PRESETS]
