@@ -74,12 +74,13 @@ def _load(config: str, overrides: list[str], store: str | None, check_data: bool
     exit with code 2."""
     from rebelflow.config.campaign import RunConfig
     from rebelflow.config.loading import load_config
-    from rebelflow.planning.campaign import campaign_jobs
+    from rebelflow.planning.campaign import campaign_jobs, name_variant
     from rebelflow.planning.preflight import preflight
 
     try:
         cfg = _rehearsal(config, overrides, store, RunConfig) if rehearse else load_config(config, overrides, store)
         campaign_jobs(cfg)  # resolves the reward function and hashes the prompt file
+        cfg = name_variant(cfg, _without_overrides(config, store, rehearse) if overrides else None, overrides)
         if check_data:
             preflight(cfg)
     except RebelflowError as exc:
@@ -87,6 +88,22 @@ def _load(config: str, overrides: list[str], store: str | None, check_data: bool
         err.print(f"[bold red]{what}[/]: {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     return cfg
+
+
+def _without_overrides(config: str, store: str | None, rehearse: bool):
+    """The campaign as its file writes it (what a run under overrides is a variant of); None when the file
+    alone does not load."""
+    from rebelflow.config.campaign import RunConfig
+    from rebelflow.config.loading import load_config
+
+    try:
+        if rehearse:
+            from rebelflow.rehearsal import rehearsal_of
+
+            return rehearsal_of(config, [], store, RunConfig)[0]
+        return load_config(config, [], store)
+    except RebelflowError:
+        return None
 
 
 @app.command()
@@ -109,7 +126,7 @@ def _run_campaign(cfg) -> None:
             result = campaign_flow(cfg)
         except REPORTED as exc:
             _report(exc, cfg.store.root)
-    variant = f" (variant of {cfg.variant.of}: {cfg.variant.label()})" if cfg.variant else ""
+    variant = f" (variant of {cfg.variant.of}: {escape(cfg.variant.label())})" if cfg.variant else ""
     table = Table(title=f"campaign {cfg.campaign}{variant} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("round", "stage", "artifact", "status", "seconds"):
         _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
@@ -221,7 +238,7 @@ def history(
     for r in runs:
         table.add_row(r["name"], r["flow"], r["state"], str(r["start"])[:19], _secs(r["seconds"]))
         if r["overrides"] and r["flow"] == "campaign":  # a variant: what it changed
-            table.add_row(f"  variant: {' '.join(r['overrides'])}", "", "", "", "")
+            table.add_row(escape(f"  variant: {' '.join(r['overrides'])}"), "", "", "", "")
         for t in r["tasks"]:
             table.add_row(f"  └ {t['name']}", "", t["state"], "", _secs(t["seconds"]))
             if t.get("curve"):  # an online round: its per-iteration curves, first → last
@@ -360,7 +377,7 @@ def compare(
     for col in ("round", "policy reward", "baseline reward", "win rate vs baseline", "judge win rate"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["run"] if r["round"] == 0 or len(runs) == 1 else "", str(r["round"]), f"{r['reward']:.4f}",
+        table.add_row(escape(r["run"]) if r["round"] == 0 or len(runs) == 1 else "", str(r["round"]), f"{r['reward']:.4f}",
                       f"{r['baseline_reward']:.4f}", f"{r['win_rate']:.3f}", judge_text(r))
     console.print(table)
     path = Path(out) if out else Path(store) / "compare.png"

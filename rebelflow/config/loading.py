@@ -10,13 +10,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rebelflow.config.campaign import LOCAL_DATA_SUFFIXES, RunConfig, VariantConfig
+from rebelflow.config.campaign import LOCAL_DATA_SUFFIXES, RunConfig
 from rebelflow.config.errors import ConfigError
 
 
 def load_config(path: str | Path, overrides: list[str] = (), store: str | None = None, root: type[BaseModel] = RunConfig):
     """Read a YAML preset, apply `a.b=c` overrides and validate against `root` (a campaign's RunConfig, or
-    config.reward_model.RMConfig for the reward-model commands). Raises ConfigError with every problem."""
+    config.reward_model.RMConfig for the reward-model commands). Raises ConfigError with every problem.
+    A campaign run under overrides that change results is a variant: planning.campaign.load_run names it."""
     return validate_config(read_config(path, overrides, store, root), origin=str(path), root=root)
 
 
@@ -32,26 +33,12 @@ def read_config(path: str | Path, overrides: list[str] = (), store: str | None =
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}.")
-    campaign = raw.get("campaign")
     for item in overrides:
         apply_override(raw, item, root)
-    if root is RunConfig and isinstance(campaign, str):
-        _name_variant(raw, campaign, overrides)
     if store is not None:
         raw.setdefault("store", {})["root"] = store
     _resolve_paths(raw, path.parent.resolve())
     return raw
-
-
-def _name_variant(raw: dict[str, Any], campaign: str, overrides: list[str]) -> None:
-    """Overrides that change results make a variant of the campaign: named after them (unless --set campaign
-    names it), recorded in the config, so its index and summary sit beside the campaign's."""
-    variant = VariantConfig.from_overrides(campaign, overrides)
-    if variant is None:
-        return
-    raw["variant"] = variant.model_dump()
-    if raw.get("campaign") == campaign:
-        raw["campaign"] = variant.name()
 
 
 def is_reward_model_config(path: str | Path) -> bool:

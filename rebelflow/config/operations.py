@@ -48,41 +48,44 @@ class HubConfig(Section):
         return self
 
 
-# --set keys that cannot change what a campaign computes: a run that overrides only these is the campaign
-# itself (more rounds, another store, tracking, Hub copies, launchers, checkpoint and evaluation cadence)
+# --set keys left out of a variant's label (a run of the campaign in another store, with more rounds, other
+# tracking, Hub copies, launchers, checkpoint and evaluation cadence) unless they alone change its results
 SAME_RUN_SECTIONS = ("campaign", "rounds", "store", "hub", "tracking", "variant")
 SAME_RUN_KEYS = ("launcher", "checkpoint_every", "eval_every")
 
 
 class VariantConfig(Section):
-    """A run of a campaign under `--set` overrides that change its results. The loader sets it (a config file
-    does not): the variant has its own name, campaign index and summary, so it never overwrites the
-    campaign's or another variant's, and `rebelflow compare` labels it by its overrides."""
+    """A run of a campaign under `--set` overrides that change its results (planning.campaign.load_run sets it,
+    a config file does not): the variant has its own name, campaign index and summary, so it never
+    overwrites the campaign's or another variant's, and `rebelflow compare` labels it by its overrides."""
 
     of: str = Field(..., description="the campaign it varies")
     overrides: list[str] = Field(..., min_length=1, description="the --set items that make it, e.g. train.eta=3")
 
     @staticmethod
     def from_overrides(campaign: str, overrides: list[str]) -> VariantConfig | None:
-        """The variant that `overrides` make of `campaign` (None when they cannot change a result); each
-        key counts once (its last value) and keys are sorted, so the order of --set items does not matter."""
+        """The variant's label: each key once (its last value), keys sorted, so the order of --set items does
+        not matter; operational keys (SAME_RUN_*) only when nothing else is overridden."""
         latest: dict[str, str] = {}
         for item in overrides:
             key, _, value = item.partition("=")
-            parts = key.strip().split(".")
-            if parts[0] not in SAME_RUN_SECTIONS and not set(parts) & set(SAME_RUN_KEYS):
+            if key.strip().split(".")[0] not in ("store", "campaign", "variant"):
                 latest[key.strip()] = value.strip()
-        kept = [f"{k}={latest[k]}" for k in sorted(latest)]
-        return VariantConfig(of=campaign, overrides=kept) if kept else None
+        kept = [k for k in latest if k.split(".")[0] not in SAME_RUN_SECTIONS and not set(k.split(".")) & set(SAME_RUN_KEYS)]
+        chosen = sorted(kept or latest)
+        return VariantConfig(of=campaign, overrides=[f"{k}={latest[k]}" for k in chosen]) if chosen else None
 
     def name(self) -> str:
-        """The variant's campaign name: `<campaign>--<overrides>`, e.g. demo-rebel--train.eta-3 (a hash of
-        the overrides instead when that is longer than a campaign name may be)."""
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(self.overrides)).strip("-")
-        name = f"{self.of}--{slug}"
-        if len(name) <= 64:
+        """The variant's campaign name: `<campaign>--<overrides>`, e.g. demo-rebel--train.eta-3; a hash of the
+        campaign and overrides instead when the overrides hold characters a name cannot (paths) or the name
+        would pass 64 characters, so two variants never share a name."""
+        text = "_".join(o.replace("=", "-", 1) for o in self.overrides)
+        name = f"{self.of}--{text}"
+        if re.fullmatch(r"[A-Za-z0-9._-]+", text) and len(name) <= 64:
             return name
-        return f"{self.of[:52]}--{hashlib.sha256(chr(10).join(self.overrides).encode()).hexdigest()[:8]}"
+        digest = hashlib.sha256("\n".join([self.of, *self.overrides]).encode()).hexdigest()[:8]
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+        return f"{self.of[:40]}--{slug[:max(0, 53 - len(self.of[:40]) - 2)]}_{digest}"
 
     def label(self) -> str:
         return " ".join(self.overrides)

@@ -1,6 +1,6 @@
 """The evaluation flows, resumable like a campaign: mt_bench_flow (`rebelflow mt-bench`, a policy's MT-Bench
 answers and grades) and alpaca_eval_flow (`rebelflow alpaca-eval`, a policy against reference outputs). The
-figures go to `<store>/campaigns/<mt-bench|alpaca-eval>-<policy>/summary.json` and the UI."""
+figures go to `<store>/campaigns/<mt-bench|alpaca-eval>-<policy>-<hash>/summary.json` and the UI."""
 
 # No `from __future__ import annotations`: Prefect builds each flow's parameter model from its annotations.
 from typing import Any
@@ -9,6 +9,7 @@ from prefect import flow
 
 from rebelflow.config.evaluation import AlpacaEvalConfig, MTBenchConfig
 from rebelflow.flows.common import Steps
+from rebelflow.flows.progress import PROGRESS
 from rebelflow.flows.ui import publish_alpaca_eval, publish_mt_bench
 from rebelflow.planning.evaluation import alpaca_eval_jobs, mt_bench_jobs, policy_ref
 from rebelflow.store.local import Store, write_json_atomic
@@ -18,9 +19,9 @@ from rebelflow.store.local import Store, write_json_atomic
 def mt_bench_flow(cfg: MTBenchConfig) -> dict[str, Any]:
     store = Store(cfg.store.root)
     policy = policy_ref(store, cfg.policy)
-    name = f"mt-bench-{policy.id}"
-    step = Steps(name, store)
     jobs = mt_bench_jobs(cfg, policy)
+    name = run_name("mt-bench", policy, jobs)
+    step = Steps(name, store)
     for job in jobs:
         step(job)
     summary = _summary(store, name, policy, jobs)
@@ -32,14 +33,21 @@ def mt_bench_flow(cfg: MTBenchConfig) -> dict[str, Any]:
 def alpaca_eval_flow(cfg: AlpacaEvalConfig) -> dict[str, Any]:
     store = Store(cfg.store.root)
     policy = policy_ref(store, cfg.policy)
-    name = f"alpaca-eval-{policy.id}"
-    step = Steps(name, store)
     jobs = alpaca_eval_jobs(cfg, policy)
+    name = run_name("alpaca-eval", policy, jobs)
+    step = Steps(name, store)
     for job in jobs:
         step(job)
     summary = _summary(store, name, policy, jobs)
     publish_alpaca_eval(name, summary)
     return {"records": step.records, "summary": summary}
+
+
+def run_name(kind: str, policy, jobs) -> str:
+    """`<kind>-<policy id>-<last step's hash>`: another grader, reference or size is another run (its own
+    summary); progress lines start counting this run's steps."""
+    PROGRESS.start([(j.round, j.name) for j in jobs])
+    return f"{kind}-{policy.id}-{jobs[-1].ref.id.rsplit('-', 1)[-1][:8]}"
 
 
 def _summary(store: Store, name: str, policy, jobs) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import logging
 import time
 
 LOGGER = logging.getLogger("rebelflow.progress")
+LOGGER.propagate = False  # its own handlers (the CLI's); Prefect's console handler on the root would repeat it
 
 
 class Progress:

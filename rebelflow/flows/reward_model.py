@@ -11,6 +11,7 @@ from prefect import flow
 
 from rebelflow.config.reward_model import RMConfig
 from rebelflow.flows.common import Steps
+from rebelflow.flows.progress import PROGRESS
 from rebelflow.flows.ui import publish_reward_model
 from rebelflow.planning.reward_model import rm_jobs
 from rebelflow.store.local import Store, write_json_atomic
@@ -21,6 +22,7 @@ def reward_model_flow(cfg: RMConfig, mode: str = "train") -> dict[str, Any]:
     """mode "train": preferences → rm_train → held-out and benchmark evaluation; "eval": evaluation only."""
     store = Store(cfg.store.root)
     jobs = rm_jobs(cfg, train=mode == "train", store=store)
+    PROGRESS.start([(j.round, j.name) for j in jobs])
     step = Steps(cfg.name, store, tracking=cfg.tracking)
     for job in jobs:
         step(job)

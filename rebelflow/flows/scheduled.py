@@ -15,10 +15,11 @@ from typing import Any
 
 from prefect import flow
 
+from rebelflow.config.errors import RebelflowError
 from rebelflow.config.loading import load_config
 from rebelflow.flows.campaign import campaign_flow
 from rebelflow.flows.reward_model import reward_model_flow
-from rebelflow.planning.campaign import plan_status
+from rebelflow.planning.campaign import name_variant, plan_status
 from rebelflow.planning.preflight import preflight
 
 
@@ -29,9 +30,20 @@ def next_round(cfg) -> int | None:
     return None if not pending else max(1, min(pending))
 
 
+def load_run(config: str, overrides: list[str], store: str | None):
+    """The campaign under `overrides`, a variant of the file's campaign when they change its results (as
+    `rebelflow run` names it)."""
+    cfg = load_config(config, overrides, store)
+    try:
+        base = load_config(config, [], store) if overrides else None
+    except RebelflowError:
+        base = None
+    return name_variant(cfg, base, overrides)
+
+
 @flow(name="campaign-next-round", log_prints=True)
 def next_round_flow(config: str, overrides: list[str] | None = None, store: str | None = None) -> dict[str, Any]:
-    cfg = load_config(config, overrides or [], store)
+    cfg = load_run(config, overrides or [], store)
     preflight(cfg)
     k = next_round(cfg)
     if k is None:
@@ -45,7 +57,7 @@ def next_round_flow(config: str, overrides: list[str] | None = None, store: str 
 @flow(name="campaign-rounds", log_prints=True)
 def rounds_flow(config: str, through: int | None = None, overrides: list[str] | None = None,
                 store: str | None = None) -> dict[str, Any]:
-    cfg = load_config(config, overrides or [], store)
+    cfg = load_run(config, overrides or [], store)
     preflight(cfg)
     result = campaign_flow(cfg, through=through)
     return {"campaign": cfg.campaign, "summary": result["summary"]}

@@ -97,7 +97,7 @@ def publish_comparison(campaign: str, store: Store) -> None:
     lines = [f"### {campaign} and its variants", "", "| run | round | reward | win rate vs baseline | judge win rate |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['round']} | {r['reward']:.4f} | {r['win_rate']:.3f} | "
-              f"{judge_text({'judge_win_rate': r['judge_win_rate']})} |" for r in comparison_rows(runs)]
+              f"{judge_text(r)} |" for r in comparison_rows(runs)]
     png = base64.b64encode(plot_comparison(runs, f"{campaign}: runs compared")).decode()
     lines += ["", f"![reward and win rates per round, per run](data:image/png;base64,{png})",
               "", "The same table and plot: `rebelflow compare " + campaign + "`."]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -154,7 +155,7 @@ def asker(cfg: JudgeConfig) -> Callable:
 
         def ask(request: dict) -> tuple[str, dict | None]:
             got = fn(request["a"], request["b"])
-            if not isinstance(got, int | float):
+            if not isinstance(got, numbers.Real):
                 return str(got), None
             if cfg.format == "pair":  # a probability that A is better, as a verdict
                 return ("[[A]]" if got > 0.5 else "[[B]]" if got < 0.5 else "[[C]]"), None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import re
 from functools import cache
 from importlib import resources
@@ -125,6 +126,6 @@ def _grading_asker(cfg: JudgeConfig):
 
     def ask(request: dict) -> tuple[str, None]:
         got = fn(request["conversation"], request["reference"])
-        return (f"Rating: [[{got:g}]]" if isinstance(got, int | float) else str(got)), None
+        return (f"Rating: [[{float(got):g}]]" if isinstance(got, numbers.Real) else str(got)), None
 
     return ask

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 from rebelflow.config.errors import REPORTED
 
@@ -30,7 +31,12 @@ def start_prefect() -> None:
     import fcntl
     from pathlib import Path
 
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return
@@ -41,9 +47,8 @@ def start_prefect() -> None:
     with open(home / "rebelflow-start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Prefect waits 20 s by default; the first start on a fresh machine (cold disk, the database
-        # migrated) took longer on 2 cores. A user's own setting wins.
-        explicit = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ
-        SubprocessASGIServer().start(timeout=None if explicit else 120)
+        # migrated) took longer on 2 cores. A longer setting of the user's wins.
+        SubprocessASGIServer().start(timeout=max(120, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
 
 
 @contextlib.contextmanager
@@ -105,26 +110,28 @@ def run_console(log_path, consoles=(), quiet: bool = True):
     """A CLI run's console. Quiet: everything the process and its children write — Prefect's log lines,
     stage output and progress bars, wandb, library warnings — goes to `log_path` (the file descriptors
     themselves, so native libraries and subprocesses too); the terminal keeps the progress lines
-    (flows.progress) and what the CLI prints through `consoles` (rich Consoles: tables, errors). Not quiet
-    (-v): everything stays on the terminal, with the progress lines among it."""
+    (flows.progress, also written to the log) and what the CLI prints through `consoles` (rich Consoles:
+    tables, errors). Not quiet (-v): everything stays on the terminal, with the progress lines among it."""
     import sys
 
     from rebelflow.flows.progress import LOGGER
 
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
     if not quiet:
         handler = _Terminal(sys.stderr)
         LOGGER.addHandler(handler)
-        LOGGER.setLevel(logging.INFO)
         try:
             yield
         finally:
             LOGGER.removeHandler(handler)
+            LOGGER.setLevel(level)
         return
-    out, err = _terminal_copy(sys.stdout), _terminal_copy(sys.stderr)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # left open: Prefect's console handler, made during the run, keeps writing to it (the temporary server's
     # "stopping" line at exit), and wandb wraps its write
     log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    out, err = _terminal_copy(sys.stdout), _terminal_copy(sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
@@ -132,9 +139,10 @@ def run_console(log_path, consoles=(), quiet: bool = True):
     for fd in (1, 2):
         os.dup2(log.fileno(), fd)
     sys.stdout = sys.stderr = log
-    handler = _Terminal(err)
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
+    handlers = [_Terminal(err), _Terminal(log)]
+    for handler in handlers:
+        LOGGER.addHandler(handler)
+    shown = warnings.showwarning  # captured already (by someone else), it stays so
     logging.captureWarnings(True)
     for console in consoles:
         console.file = err if console.stderr else out
@@ -143,8 +151,11 @@ def run_console(log_path, consoles=(), quiet: bool = True):
     finally:
         for console in consoles:
             console.file = None
-        logging.captureWarnings(False)
-        LOGGER.removeHandler(handler)
+        if warnings.showwarning is not shown:
+            logging.captureWarnings(False)
+        for handler in handlers:
+            LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
         log.flush()
         sys.stdout, sys.stderr = streams
         for fd, copy in saved.items():

@@ -55,17 +55,16 @@ def _hub_reference(store_root: str) -> str:
     from huggingface_hub import hf_hub_download
 
     try:
-        rows = json.loads(Path(hf_hub_download(REFERENCE_REPO, REFERENCE_FILE, repo_type="dataset",
-                                               subfolder="alpaca_eval")).read_text())
+        rows = json.loads(Path(hf_hub_download(REFERENCE_REPO, REFERENCE_FILE, repo_type="dataset")).read_text())
         difficulty = Path(hf_hub_download(REFERENCE_REPO, "instruction_difficulty.csv", repo_type="dataset"))
     except Exception as exc:  # offline, blocked, or the files moved
         raise ConfigError(f"could not fetch AlpacaEval's reference outputs from the Hub ({REFERENCE_REPO}: "
                           f"{type(exc).__name__}: {str(exc)[:200]}). Download them where the Hub is reachable and "
                           "pass --reference FILE.") from None
-    with open(difficulty) as fh:
-        values = [float(r[-1]) for r in list(csv.reader(fh))[1:]]
-    if len(values) == len(rows):
-        rows = [{**r, "instruction_difficulty": v} for r, v in zip(rows, values, strict=True)]
+    with open(difficulty) as fh:  # instruction index, difficulty
+        values = {int(r[0]): float(r[-1]) for r in list(csv.reader(fh))[1:] if r and r[0].strip().isdigit()}
+    if all(i in values for i in range(len(rows))):
+        rows = [{**r, "instruction_difficulty": values[i]} for i, r in enumerate(rows)]
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(rows))
     return str(dest)

@@ -174,6 +174,29 @@ def _online_settings(cfg: RunConfig, k: int) -> online.Settings:
     )
 
 
+def name_variant(cfg: RunConfig, base: RunConfig | None, overrides: list[str]) -> RunConfig:
+    """`cfg` (the config under `overrides`) as a variant of `base` (the same file without them) when they
+    change a fingerprint of a round both plan — a run with more rounds, in another store or with another
+    launcher stays the campaign unless that changes its results (online rounds' schedules and process
+    counts do). A variant is named after its overrides (config VariantConfig) unless --set campaign named
+    it. No base (the file alone does not load) counts as changed."""
+    from rebelflow.config.campaign import VariantConfig
+
+    if not overrides:
+        return cfg
+    if base is not None:
+        rounds = min(cfg.rounds, base.rounds)
+        if [j.ref.id for j in campaign_jobs(cfg) if j.round <= rounds] == [
+                j.ref.id for j in campaign_jobs(base) if j.round <= rounds]:
+            return cfg
+    of = base.campaign if base is not None else cfg.campaign
+    variant = VariantConfig.from_overrides(of, overrides)
+    if variant is None:
+        return cfg
+    name = cfg.campaign if base is not None and cfg.campaign != base.campaign else variant.name()
+    return cfg.model_copy(update={"campaign": name, "variant": variant})
+
+
 def campaign_jobs(cfg: RunConfig) -> list[StageJob]:
     """Every job of the campaign in order: round 0, then each round's steps."""
     base = baseline(cfg)

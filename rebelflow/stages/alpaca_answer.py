@@ -35,8 +35,8 @@ SCHEMA = pa.schema([("prompt_id", pa.string()), ("messages", MESSAGES), ("new_re
 
 
 class Settings(Section):
-    UNHASHED: ClassVar[dict] = {"launcher": True, "vllm": VLLM_SPEED_ONLY, "batch_size": True, "reference": True,
-                                "shard_size": True}
+    # batches and shards change sampled answers (one seed per engine call); where the file is does not
+    UNHASHED: ClassVar[dict] = {"launcher": True, "vllm": VLLM_SPEED_ONLY, "reference": True}
 
     reference: str = Field(..., description="the reference outputs file (where it is; its content is reference_id)")
     reference_id: str = Field(..., description="the file's content hash (store.refs.data_identity)")

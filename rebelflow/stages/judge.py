@@ -13,6 +13,7 @@ Run alone: python -m rebelflow.stages.judge configs/demo-rebel.yaml --round 1
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import ClassVar
 
@@ -127,8 +128,12 @@ def length_controlled(rows: list[dict], difficulty: dict[str, float | None] | No
     if len(judged) < 10 or any(r["turn"] != 1 for r in rows):
         return {}
     known = [(difficulty or {}).get(r["prompt_id"]) for r in judged] if difficulty else [None]
-    got = lc_win_rate([r["outcome"] for r in judged], [r["new_chars"] for r in judged],
-                      [r["baseline_chars"] for r in judged], known if None not in known else None)
+    usable = all(isinstance(d, int | float) and math.isfinite(d) for d in known)
+    try:
+        got = lc_win_rate([r["outcome"] for r in judged], [r["new_chars"] for r in judged],
+                          [r["baseline_chars"] for r in judged], known if usable else None)
+    except Exception as exc:  # the raw win rate stands; the judging is not lost to a failed fit
+        return {"judge_lc_note": f"no length-controlled win rate: the GLM fit failed ({type(exc).__name__}: {exc})"}
     out = {"judge_lc_win_rate": round(got["lc_win_rate"], 5), "judge_lc_length_weight": round(got["length_weight"], 4)}
     if "difficulty_weight" in got:
         out["judge_lc_difficulty_weight"] = round(got["difficulty_weight"], 4)

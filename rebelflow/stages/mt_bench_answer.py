@@ -34,7 +34,7 @@ SCHEMA = pa.schema([
 
 
 class Settings(Section):
-    UNHASHED: ClassVar[dict] = {"launcher": True, "vllm": VLLM_SPEED_ONLY, "batch_size": True}
+    UNHASHED: ClassVar[dict] = {"launcher": True, "vllm": VLLM_SPEED_ONLY}  # batches change sampled answers
 
     engine: Literal["hf", "vllm"] = "hf"
     vllm: VLLMConfig = VLLMConfig()

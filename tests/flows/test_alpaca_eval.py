@@ -50,3 +50,32 @@ def test_alpaca_eval_reports_raw_and_length_controlled_win_rates(tmp_path, tiny_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub = runner.invoke(app, [*args[:3], "hub", *args[4:], "--store", str(tmp_path / "s3")])
     assert hub.exit_code == 2 and "could not fetch AlpacaEval's reference outputs" in " ".join(hub.output.split())
+
+
+def test_the_hub_reference_is_alpaca_evals_own_file_with_each_instructions_difficulty(tmp_path, tiny_policy,
+                                                                                      monkeypatch):
+    """`--reference hub` asks the Hub for AlpacaEval 2.0's reference outputs and instruction difficulties
+    (here a stand-in download), joins them by instruction index and keeps them in the store."""
+    import huggingface_hub
+
+    from rebelflow.ops.evaluation import alpaca_eval_config
+
+    asked = []
+    outputs = [{"instruction": f"q{i}", "output": f"a{i}", "generator": "gpt4_1106_preview"} for i in range(3)]
+    (tmp_path / "ref.json").write_text(json.dumps(outputs))
+    (tmp_path / "difficulty.csv").write_text(",instruction_difficulty\n2,0.5\n0,-1.25\n1,0.0\n")
+
+    def download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename, kwargs))
+        return str(tmp_path / ("ref.json" if filename.endswith(".json") else "difficulty.csv"))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    (tmp_path / "judge.py").write_text(JUDGE)
+    cfg = alpaca_eval_config(tiny_policy, "hub", f"{tmp_path / 'judge.py'}:shorter", None, None, 8,
+                             store={"root": str(tmp_path / "store")})
+    assert [(r, f, k.get("subfolder"), k.get("repo_type")) for r, f, k in asked] == [
+        ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json", None, "dataset"),
+        ("tatsu-lab/alpaca_eval", "instruction_difficulty.csv", None, "dataset")]
+    kept = json.loads(open(cfg.reference).read())
+    assert cfg.reference == str(tmp_path / "store" / "inputs" / "alpaca_eval_gpt4_baseline.json")
+    assert [r["instruction_difficulty"] for r in kept] == [-1.25, 0.0, 0.5] and cfg.judge.format == "preference"

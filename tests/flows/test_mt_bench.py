@@ -3,7 +3,6 @@ graded 1–10 per turn (math, reasoning and coding against the reference answers
 average and categories; an unreadable grade asked again then left unjudged; gradings cached."""
 
 import json
-import os
 
 from typer.testing import CliRunner
 
@@ -55,9 +54,9 @@ def test_ratings_are_read_as_fastchat_reads_them():
     assert parse_rating("Rating: [[0]]") is None and parse_rating("Rating: [[11]]") is None  # outside 1-10
 
 
-def test_mt_bench_answers_both_turns_grades_them_and_reports_the_table(tmp_path, tiny_policy):
+def test_mt_bench_answers_both_turns_grades_them_and_reports_the_table(tmp_path, tiny_policy, monkeypatch):
     (tmp_path / "grader.py").write_text(GRADER)
-    os.environ["GRADER_LOG"] = str(tmp_path / "grades.jsonl")
+    monkeypatch.setenv("GRADER_LOG", str(tmp_path / "grades.jsonl"))
     store, runner = tmp_path / "store", CliRunner()
     args = ["mt-bench", tiny_policy, "--judge", f"{tmp_path / 'grader.py'}:grade", "--max-new-tokens", "4",
             "--store", str(store)]

@@ -294,20 +294,29 @@ def test_a_launch_counts_the_processes_its_accelerate_config_starts(tmp_path, pr
         make_config(tmp_path, prompts_file, train={"launcher": launcher})
 
 
-def test_overrides_that_change_results_make_a_named_variant():
-    """Only overrides that can change a result make a variant; each key counts once (its last value), in key
-    order; a name too long for a campaign becomes a hash; --set campaign= names the variant itself."""
+def test_overrides_that_change_results_make_a_named_variant(tmp_path):
+    """A variant is what changes a fingerprint of the campaign as written: more rounds, another store, a
+    launcher or tracking keep the campaign (iterative rounds); each key counts once (its last value), in key
+    order; --set campaign= names the variant itself; a path in a value gives a hashed name, so two paths
+    never share one; an online campaign's rounds change its schedule, so they make a variant."""
     from rebelflow.config.campaign import VariantConfig
+    from rebelflow.planning.campaign import name_variant
+
+    def run(path, overrides):
+        return name_variant(load_config(path, overrides), load_config(path), overrides)
 
     demo = str(REPO / "configs/demo-rebel.yaml")
-    same = load_config(demo, ["rounds=2", "train.launcher.kind=inprocess", "train.checkpoint_every=5",
-                              "tracking.wandb.mode=disabled"])
+    same = run(demo, ["rounds=4", "train.launcher.kind=subprocess", "train.checkpoint_every=5",
+                      "tracking.wandb.mode=disabled", f"store.root={tmp_path}"])
     assert same.campaign == "demo-rebel" and same.variant is None
-    a = load_config(demo, ["train.eta=2", "generate.n=3", "train.eta=3", "rounds=2"])
-    b = load_config(demo, ["generate.n=3", "train.eta=3"])
+    a = run(demo, ["train.eta=2", "generate.n=3", "train.eta=3", "rounds=2"])
+    b = run(demo, ["generate.n=3", "train.eta=3"])
     assert a.campaign == b.campaign == "demo-rebel--generate.n-3_train.eta-3"
     assert a.variant == b.variant == VariantConfig(of="demo-rebel", overrides=["generate.n=3", "train.eta=3"])
-    named = load_config(demo, ["campaign=eta3", "train.eta=3"])
+    assert run(demo, ["train.eta=2.0"]).variant is None  # the file's own value: the campaign itself
+    named = run(demo, ["campaign=eta3", "train.eta=3"])
     assert named.campaign == "eta3" and named.variant.of == "demo-rebel"
-    long = VariantConfig(of="demo-rebel", overrides=[f"prompts.source=/data/{'x' * 80}.jsonl"])
-    assert len(long.name()) <= 64 and long.name().startswith("demo-rebel--")
+    paths = [VariantConfig(of="demo-rebel", overrides=[f"prompts.source={p}"]).name() for p in ("d/v2.jsonl", "d-v2.jsonl")]
+    assert paths[0] != paths[1] and all(len(n) <= 64 and n.startswith("demo-rebel--") for n in paths)
+    online = run(str(REPO / "configs/demo-online.yaml"), ["rounds=4"])
+    assert online.campaign == "demo-online--rounds-4" and online.variant.overrides == ["rounds=4"]
