@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rebelflow.config.campaign import RunConfig
+from rebelflow.config.errors import RebelflowError
 from rebelflow.judges import judge_identity
 from rebelflow.ml.tracking import run_info
 from rebelflow.planning.environments import hardware_key
@@ -186,8 +187,11 @@ def name_variant(cfg: RunConfig, base: RunConfig | None, overrides: list[str]) -
         return cfg
     if base is not None:
         rounds = min(cfg.rounds, base.rounds)
-        if [j.ref.id for j in campaign_jobs(cfg) if j.round <= rounds] == [
-                j.ref.id for j in campaign_jobs(base) if j.round <= rounds]:
+        try:
+            theirs = [j.ref.id for j in campaign_jobs(base) if j.round <= rounds]
+        except RebelflowError:  # the file alone does not plan (the overrides fix it): changed
+            theirs = None
+        if [j.ref.id for j in campaign_jobs(cfg) if j.round <= rounds] == theirs:
             return cfg
     of = base.campaign if base is not None else cfg.campaign
     variant = VariantConfig.from_overrides(of, overrides)
