@@ -1,4 +1,5 @@
-"""`rebelflow` command line: run, plan, history, show, server, doctor, rm-train, rm-eval, deploy, worker.
+"""`rebelflow` command line: run, plan, history, show, server, doctor, rm-train, rm-eval, deploy, worker here;
+export, samples, compare, mt-bench, alpaca-eval in cli.evaluation; what they share in cli.common.
 
 Configuration errors and unusable prompt data exit with code 2 before any stage starts; a data error
 inside a stage (e.g. a reward that fails on every response) exits with 1 and one readable message.
@@ -14,48 +15,27 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rebelflow.cli.common import (
+    ConfigArg,
+    RehearseOpt,
+    SetOpt,
+    StoreOpt,
+    VerboseOpt,
+    add_column,
+    app,
+    console,
+    console_for,
+    err,
+    report,
+)
 from rebelflow.config.errors import REPORTED, ConfigError, RebelflowError
-from rebelflow.ops.console import one_message_per_failure, run_console, start_prefect
-
-app = typer.Typer(help="Iterative RLHF with REBEL and REFUEL as Prefect flows.", no_args_is_help=True, add_completion=False)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigArg = Annotated[str, typer.Argument(help="campaign YAML, e.g. configs/demo-rebel.yaml")]
-SetOpt = Annotated[list[str], typer.Option("--set", help="override, e.g. --set generate.n=4 (repeatable)")]
-StoreOpt = Annotated[str | None, typer.Option("--store", help="artifact store root (default: the config's)")]
-RehearseOpt = Annotated[bool, typer.Option(
-    "--rehearse", help="run the preset on this CPU first: tiny models of the same families, generated data, "
-    "small sizes, every substitution printed; its own store (<store>-rehearsal unless --store)")]
-VerboseOpt = Annotated[bool, typer.Option(
-    "--verbose", "-v", help="show everything here (Prefect's log lines, stage output, wandb, warnings) instead of "
-    "in the run's log file")]
-
-
-@contextlib.contextmanager
-def _console(store_root: str, name: str, verbose: bool):
-    """A run's console: the progress lines and the CLI's tables here, the rest in <store>/logs/run-….log
-    unless verbose."""
-    path = Path(store_root) / "logs" / f"run-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with run_console(path, (console, err), quiet=not verbose):
-        if not verbose:
-            err.print(f"Full output (Prefect, stages, wandb, warnings): {path}   (-v shows it here)", highlight=False)
-        try:
-            yield
-        except (typer.Exit, KeyboardInterrupt):
-            raise
-        except BaseException:
-            if not verbose:
-                err.print(f"The run stopped on an unexpected error; its full output: {path}", highlight=False)
-            raise
+from rebelflow.ops.console import one_message_per_failure, start_prefect
 
 
 def _rehearsal(config: str, overrides: list[str], store: str | None, root):
@@ -111,7 +91,7 @@ def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: 
         verbose: VerboseOpt = False) -> None:
     """Run or resume a campaign: finished stages are taken from the store, the rest run."""
     cfg = _load(config, set_, store, check_data=True, rehearse=rehearse)
-    with _console(cfg.store.root, cfg.campaign, verbose):
+    with console_for(cfg.store.root, cfg.campaign, verbose):
         _run_campaign(cfg)
 
 
@@ -125,11 +105,11 @@ def _run_campaign(cfg) -> None:
         try:
             result = campaign_flow(cfg)
         except REPORTED as exc:
-            _report(exc, cfg.store.root)
+            report(exc, cfg.store.root)
     variant = f" (variant of {cfg.variant.of}: {escape(cfg.variant.label())})" if cfg.variant else ""
     table = Table(title=f"campaign {cfg.campaign}{variant} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("round", "stage", "artifact", "status", "seconds"):
-        _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
+        add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
     for r in result["records"]:
         table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
     console.print(table)
@@ -150,19 +130,6 @@ def _print_policy(policy, store_root: str) -> None:
                   f"--store {store_root})", soft_wrap=True)
 
 
-def _report(exc: BaseException, store_root) -> None:
-    """The one message of a failed run (its traceback, if any, is in the stage's log), then exit 1."""
-    err.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", markup=True, highlight=False)
-    err.print(f"Finished stages are kept in {store_root}; fix the problem and run the same command again.")
-    raise typer.Exit(1) from None
-
-
-def _add_column(table: Table, name: str, ids: list[str] | None = None) -> None:
-    """A table column; artifact ids are never cut (a cut id would not work in `rebelflow show`)."""
-    if ids is None:
-        table.add_column(name)
-    else:
-        table.add_column(name, no_wrap=True, min_width=max((len(i) for i in ids), default=len(name)))
 
 
 def _print_rounds(summary: dict, store_root: str) -> None:
@@ -211,7 +178,7 @@ def plan(
     table = Table(title=f"plan for {cfg.campaign} (store {cfg.store.root})")
     notes = any("note" in r for r in rows)
     for col in ("round", "stage", "fingerprint", "status", *(["note"] if notes else [])):
-        _add_column(table, col, [r["fingerprint"] for r in rows] if col == "fingerprint" else None)
+        add_column(table, col, [r["fingerprint"] for r in rows] if col == "fingerprint" else None)
     for r in rows:
         color = "green" if r["status"] == "cached" else "yellow"
         table.add_row(str(r["round"]), r["stage"], r["fingerprint"], f"[{color}]{r['status']}[/]",
@@ -292,101 +259,6 @@ def show(
             for key, value in row.items():
                 console.print(f"  {key}: {_short(value)!r}", markup=False, highlight=False, soft_wrap=True)
 
-
-@app.command()
-def export(
-    ref: Annotated[str, typer.Argument(help="a model artifact: id, unique id prefix, or folder")],
-    dest: Annotated[str, typer.Argument(help="the folder to write (new or empty)")],
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
-    force: Annotated[bool, typer.Option(help="replace a folder that is not empty")] = False,
-) -> None:
-    """A model artifact as a plain HF folder (weights, config, tokenizer with its chat template, card with
-    lineage): ready for from_pretrained, vllm serve or a push to the Hub."""
-    from rebelflow.ops.artifacts import export_model
-    from rebelflow.store.local import Store
-
-    try:
-        out = export_model(Store(store), ref, Path(dest), force)
-    except (KeyError, RebelflowError) as exc:
-        err.print(f"[bold red]cannot export[/]: {escape(str(exc.args[0] if isinstance(exc, KeyError) else exc))}",
-                  markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    console.print(f"exported {ref} to {out}", soft_wrap=True)
-
-
-@app.command()
-def samples(
-    campaign: Annotated[str, typer.Argument(help="the campaign's name")],
-    round_: Annotated[int, typer.Option("--round", help="the round whose policy to show")] = 1,
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
-    limit: Annotated[int, typer.Option(help="prompts to show (0: all)")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (every prompt)")] = False,
-) -> None:
-    """A round's evaluation prompts with every sample of its policy and of the baseline, and their rewards."""
-    from rebelflow.ops.artifacts import round_samples
-    from rebelflow.store.local import Store
-
-    try:
-        rows = round_samples(Store(store), campaign, round_)
-    except RebelflowError as exc:
-        err.print(f"[bold red]no samples[/]: {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    if as_json:
-        print(json.dumps(rows, indent=1))
-        return
-    for row in rows[: limit or None]:
-        table = Table(title=f"{row['prompt_id']}: {row['prompt'][:200]}", title_justify="left", show_lines=True)
-        for col in (f"round {round_} policy", "reward", "baseline", "reward "):
-            table.add_column(col, justify="right" if col.startswith("reward") else "left")
-        for i in range(max(len(row["policy"]), len(row["baseline"]))):
-            mine = row["policy"][i] if i < len(row["policy"]) else {"response": "", "reward": None}
-            theirs = row["baseline"][i] if i < len(row["baseline"]) else {"response": "", "reward": None}
-            table.add_row(mine["response"], _reward(mine["reward"]), theirs["response"], _reward(theirs["reward"]))
-        console.print(table)
-    if limit and len(rows) > limit:
-        console.print(f"… {len(rows) - limit} more prompts (--limit 0 shows all, --json prints them)")
-
-
-@app.command()
-def compare(
-    campaigns: Annotated[list[str] | None, typer.Argument(help="campaigns (each with its variants); all by default")] = None,
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
-    out: Annotated[str | None, typer.Option(help="where the plot goes (default: <store>/compare.png)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
-) -> None:
-    """Runs side by side: reward, reward-model and judge win rates per round for every recorded campaign and
-    variant (a run under --set overrides that change results), each labelled by its overrides; and a plot."""
-    from rebelflow.flows.compare import comparison_rows, plot_comparison, recorded_runs
-    from rebelflow.flows.summary import judge_text
-    from rebelflow.store.local import Store
-
-    try:
-        runs = recorded_runs(Store(store), campaigns or [])
-    except RebelflowError as exc:
-        err.print(f"[bold red]nothing to compare[/]: {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    if not runs:
-        err.print(f"no campaign in {store} has a summary yet: run one first (e.g. make demo).")
-        raise typer.Exit(2)
-    rows = comparison_rows(runs)
-    if as_json:
-        print(json.dumps(rows, indent=1))
-        return
-    table = Table(title=f"runs compared · store {store} (round 0 = the starting policy)")
-    table.add_column("run", no_wrap=True)
-    for col in ("round", "policy reward", "baseline reward", "win rate vs baseline", "judge win rate"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(escape(r["run"]) if r["round"] == 0 or len(runs) == 1 else "", str(r["round"]), f"{r['reward']:.4f}",
-                      f"{r['baseline_reward']:.4f}", f"{r['win_rate']:.3f}", judge_text(r))
-    console.print(table)
-    path = Path(out) if out else Path(store) / "compare.png"
-    path.write_bytes(plot_comparison(runs, "runs compared: " + ", ".join(sorted({s["campaign"] for s in runs}))[:120]))
-    console.print(f"Plot: {path}")
-
-
-def _reward(value: float | None) -> str:
-    return "invalid" if value is None else f"{value:.3f}"
 
 
 def _short(value):
@@ -521,7 +393,7 @@ def _load_rm(config: str, overrides: list[str], store: str | None, train: bool |
 
 def _run_rm(config: str, overrides: list[str], store: str | None, mode: str, rehearse: bool, verbose: bool) -> None:
     cfg = _load_rm(config, overrides, store, train=mode == "train", rehearse=rehearse)
-    with _console(cfg.store.root, cfg.name, verbose):
+    with console_for(cfg.store.root, cfg.name, verbose):
         _reward_model(cfg, mode)
 
 
@@ -535,10 +407,10 @@ def _reward_model(cfg, mode: str) -> None:
         try:
             result = reward_model_flow(cfg, mode)
         except REPORTED as exc:
-            _report(exc, cfg.store.root)
+            report(exc, cfg.store.root)
     table = Table(title=f"reward model {cfg.name} · {time.time() - started:.1f}s · store {cfg.store.root}")
     for col in ("stage", "artifact", "status", "seconds"):
-        _add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
+        add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
     for r in result["records"]:
         table.add_row(r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
     console.print(table)
@@ -563,104 +435,6 @@ def _reward_model(cfg, mode: str) -> None:
                       f"(same --store), or load {s['model_path']} with AutoModelForSequenceClassification.",
                       markup=False, highlight=False, soft_wrap=True)
 
-
-@app.command("mt-bench")
-def mt_bench(
-    policy: Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")],
-    judge: Annotated[str, typer.Option(help="the grader: the served model's name (with --judge-url), or a Python "
-                                            "callable module:function / file.py:function")],
-    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")] = None,
-    judge_key_env: Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")] = None,
-    concurrency: Annotated[int, typer.Option(help="grading requests in flight at once")] = 8,
-    questions: Annotated[int | None, typer.Option(help="only the first N of the 80 questions")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="per answer")] = 1024,
-    engine: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
-    verbose: VerboseOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-) -> None:
-    """MT-Bench: the policy answers the 80 two-turn questions (FastChat's temperature per category), a grader
-    rates every turn 1-10 (math, reasoning and coding against the reference answers); prints turn 1, turn 2,
-    the average and each category. Resumes like run; every grading is cached."""
-    from rebelflow.ops.evaluation import mt_bench_config
-
-    try:
-        cfg = mt_bench_config(policy, judge, judge_url, judge_key_env, concurrency, questions=questions,
-                              max_new_tokens=max_new_tokens, engine=engine, dtype=dtype, store={"root": store})
-    except RebelflowError as exc:
-        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    with _console(store, "mt-bench", verbose):
-        summary = _evaluation("mt_bench_flow", cfg)
-    if as_json:
-        print(json.dumps(summary, indent=1))
-        return
-    table = Table(title=f"MT-Bench · {summary['policy']} · graded by {summary['judge']}")
-    for col in ("turn 1", "turn 2", "average", "graded", "unjudged"):
-        table.add_column(col, justify="right")
-    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-    table.add_row(fmt(summary["turn_1"]), fmt(summary["turn_2"]), fmt(summary["average"]), str(summary["graded"]),
-                  str(summary["unjudged"]))
-    console.print(table)
-    console.print("by category: " + " · ".join(f"{c} {fmt(v)}" for c, v in summary["by_category"].items()))
-    console.print(f"Summary: {store}/campaigns/{summary['name']}/summary.json")
-
-
-@app.command("alpaca-eval")
-def alpaca_eval(
-    policy: Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")],
-    reference: Annotated[str, typer.Option(help="reference outputs: JSON/JSONL of {instruction, output}, or `hub` "
-                                                "for AlpacaEval 2.0's")],
-    judge: Annotated[str, typer.Option(help="the judge: the served model's name (with --judge-url), or a Python "
-                                            "callable module:function / file.py:function")],
-    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")] = None,
-    judge_key_env: Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")] = None,
-    concurrency: Annotated[int, typer.Option(help="judge requests in flight at once")] = 8,
-    limit: Annotated[int | None, typer.Option(help="only the first N instructions")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="per answer")] = 2048,
-    engine: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
-    verbose: VerboseOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-) -> None:
-    """AlpacaEval-style: the policy answers each instruction, a judge compares its answer with the reference
-    output in both orders (preference format); prints the raw and the length-controlled win rate."""
-    from rebelflow.ops.evaluation import alpaca_eval_config
-
-    try:
-        cfg = alpaca_eval_config(policy, reference, judge, judge_url, judge_key_env, concurrency, limit=limit,
-                                 max_new_tokens=max_new_tokens, engine=engine, dtype=dtype, store={"root": store})
-    except RebelflowError as exc:
-        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    with _console(store, "alpaca-eval", verbose):
-        summary = _evaluation("alpaca_eval_flow", cfg)
-    if as_json:
-        print(json.dumps(summary, indent=1))
-        return
-    lc = summary.get("judge_lc_win_rate")
-    table = Table(title=f"AlpacaEval-style · {summary['policy']} against {Path(cfg.reference).name} · judged by {summary['judge']}")
-    for col in ("win rate", "length-controlled", "wins", "ties", "losses", "unjudged"):
-        table.add_column(col, justify="right")
-    table.add_row(f"{summary['judge_win_rate']:.4f}", "–" if lc is None else f"{lc:.4f}", str(summary["judge_wins"]),
-                  str(summary["judge_ties"]), str(summary["judge_losses"]), str(summary["unjudged"]))
-    console.print(table)
-    console.print(f"Summary: {store}/campaigns/{summary['name']}/summary.json")
-
-
-def _evaluation(flow_name: str, cfg) -> dict:
-    """An evaluation flow (flows.evaluation) run here; its summary."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from rebelflow.flows import evaluation
-
-    start_prefect()
-    with one_message_per_failure():
-        try:
-            return getattr(evaluation, flow_name)(cfg)["summary"]
-        except REPORTED as exc:
-            _report(exc, cfg.store.root)
 
 
 @app.command("rm-train")
@@ -714,6 +488,9 @@ def doctor(config: Annotated[str | None, typer.Argument(help="a campaign or rewa
     if problems:
         raise typer.Exit(1)
     console.print("ready: every stage's interpreter and engine are available")
+
+
+from rebelflow.cli import evaluation  # noqa: E402,F401  (registers its commands on the app)
 
 
 def main() -> None:
