@@ -113,37 +113,43 @@ def _reward(value: float | None) -> str:
     return "invalid" if value is None else f"{value:.3f}"
 
 
+# the options both evaluation commands take
+JudgeOpt = Annotated[str, typer.Option(help="the judge: the served model's name (with --judge-url), or a Python "
+                                            "callable module:function / file.py:function")]
+JudgeUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")]
+KeyEnvOpt = Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="judge requests in flight at once")]
+EngineOpt = Annotated[str, typer.Option(help="hf or vllm")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+StoreRootOpt = Annotated[str, typer.Option("--store", help="artifact store root")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
+PolicyArg = Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")]
+
+
 @app.command("mt-bench")
 def mt_bench(
-    policy: Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")],
-    judge: Annotated[str, typer.Option(help="the grader: the served model's name (with --judge-url), or a Python "
-                                            "callable module:function / file.py:function")],
-    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")] = None,
-    judge_key_env: Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")] = None,
-    concurrency: Annotated[int, typer.Option(help="grading requests in flight at once")] = 8,
+    policy: PolicyArg,
+    judge: JudgeOpt,
+    judge_url: JudgeUrlOpt = None,
+    judge_key_env: KeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
     questions: Annotated[int | None, typer.Option(help="only the first N of the 80 questions")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="per answer")] = 1024,
-    engine: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    engine: EngineOpt = "hf",
+    dtype: DtypeOpt = "float32",
+    store: StoreRootOpt = "rebelflow-store",
     verbose: VerboseOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """MT-Bench: the policy answers the 80 two-turn questions (FastChat's temperature per category), a grader
     rates every turn 1-10 (math, reasoning and coding against the reference answers); prints turn 1, turn 2,
     the average and each category. Resumes like run; every grading is cached."""
     from rebelflow.ops.evaluation import mt_bench_config
 
-    try:
-        cfg = mt_bench_config(policy, judge, judge_url, judge_key_env, concurrency, questions=questions,
-                              max_new_tokens=max_new_tokens, engine=engine, dtype=dtype, store={"root": store})
-    except RebelflowError as exc:
-        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    with console_for(store, "mt-bench", verbose):
-        summary = _evaluation("mt_bench_flow", cfg)
-    if as_json:
-        print(json.dumps(summary, indent=1))
+    cfg, summary = _evaluate("mt-bench", verbose, as_json, lambda: mt_bench_config(
+        policy, judge, judge_url, judge_key_env, concurrency, questions=questions, max_new_tokens=max_new_tokens,
+        engine=engine, dtype=dtype, store={"root": store}))
+    if summary is None:
         return
     table = Table(title=f"MT-Bench · {summary['policy']} · graded by {summary['judge']}")
     for col in ("turn 1", "turn 2", "average", "graded", "unjudged"):
@@ -158,36 +164,29 @@ def mt_bench(
 
 @app.command("alpaca-eval")
 def alpaca_eval(
-    policy: Annotated[str, typer.Argument(help="a model artifact (id or prefix), a model folder or a Hub id")],
+    policy: PolicyArg,
     reference: Annotated[str, typer.Option(help="reference outputs: JSON/JSONL of {instruction, output}, or `hub` "
                                                 "for AlpacaEval 2.0's")],
-    judge: Annotated[str, typer.Option(help="the judge: the served model's name (with --judge-url), or a Python "
-                                            "callable module:function / file.py:function")],
-    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8001/v1")] = None,
-    judge_key_env: Annotated[str | None, typer.Option(help="environment variable holding the endpoint's key")] = None,
-    concurrency: Annotated[int, typer.Option(help="judge requests in flight at once")] = 8,
+    judge: JudgeOpt,
+    judge_url: JudgeUrlOpt = None,
+    judge_key_env: KeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
     limit: Annotated[int | None, typer.Option(help="only the first N instructions")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="per answer")] = 2048,
-    engine: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
-    store: Annotated[str, typer.Option("--store", help="artifact store root")] = "rebelflow-store",
+    engine: EngineOpt = "hf",
+    dtype: DtypeOpt = "float32",
+    store: StoreRootOpt = "rebelflow-store",
     verbose: VerboseOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """AlpacaEval-style: the policy answers each instruction, a judge compares its answer with the reference
     output in both orders (preference format); prints the raw and the length-controlled win rate."""
     from rebelflow.ops.evaluation import alpaca_eval_config
 
-    try:
-        cfg = alpaca_eval_config(policy, reference, judge, judge_url, judge_key_env, concurrency, limit=limit,
-                                 max_new_tokens=max_new_tokens, engine=engine, dtype=dtype, store={"root": store})
-    except RebelflowError as exc:
-        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    with console_for(store, "alpaca-eval", verbose):
-        summary = _evaluation("alpaca_eval_flow", cfg)
-    if as_json:
-        print(json.dumps(summary, indent=1))
+    cfg, summary = _evaluate("alpaca-eval", verbose, as_json, lambda: alpaca_eval_config(
+        policy, reference, judge, judge_url, judge_key_env, concurrency, limit=limit, max_new_tokens=max_new_tokens,
+        engine=engine, dtype=dtype, store={"root": store}))
+    if summary is None:
         return
     lc = summary.get("judge_lc_win_rate")
     table = Table(title=f"AlpacaEval-style · {summary['policy']} against {Path(cfg.reference).name} · judged by {summary['judge']}")
@@ -199,15 +198,26 @@ def alpaca_eval(
     console.print(f"Summary: {store}/campaigns/{summary['name']}/summary.json")
 
 
-def _evaluation(flow_name: str, cfg) -> dict:
-    """An evaluation flow (flows.evaluation) run here; its summary."""
+def _evaluate(kind: str, verbose: bool, as_json: bool, make_config):
+    """An evaluation command's run: its options checked (exit 2 on a problem, before any model loads), its
+    flow (flows.evaluation) under the run's console; the summary printed as JSON (then None comes back for
+    it) or returned for the command's table."""
+    try:
+        cfg = make_config()
+    except RebelflowError as exc:
+        err.print(f"[bold red]config error[/]: {escape(str(exc))}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from rebelflow.flows import evaluation
+    with console_for(cfg.store.root, kind, verbose):
+        from rebelflow.flows import evaluation  # Prefect's logging set up inside the run's console
 
-    start_prefect()
-    with one_message_per_failure():
-        try:
-            return getattr(evaluation, flow_name)(cfg)["summary"]
-        except REPORTED as exc:
-            report(exc, cfg.store.root)
-
+        start_prefect()
+        with one_message_per_failure():
+            try:
+                summary = getattr(evaluation, kind.replace("-", "_") + "_flow")(cfg)["summary"]
+            except REPORTED as exc:
+                report(exc, cfg.store.root)
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return cfg, None
+    return cfg, summary

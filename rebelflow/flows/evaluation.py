@@ -17,29 +17,25 @@ from rebelflow.store.local import Store, write_json_atomic
 
 @flow(name="mt-bench", flow_run_name="mt-bench-{cfg.policy}", log_prints=True)
 def mt_bench_flow(cfg: MTBenchConfig) -> dict[str, Any]:
-    store = Store(cfg.store.root)
-    policy = policy_ref(store, cfg.policy)
-    jobs = mt_bench_jobs(cfg, policy)
-    name = run_name("mt-bench", policy, jobs)
-    step = Steps(name, store)
-    for job in jobs:
-        step(job)
-    summary = _summary(store, name, policy, jobs)
-    publish_mt_bench(name, summary)
-    return {"records": step.records, "summary": summary}
+    return _run("mt-bench", cfg, mt_bench_jobs, publish_mt_bench)
 
 
 @flow(name="alpaca-eval", flow_run_name="alpaca-eval-{cfg.policy}", log_prints=True)
 def alpaca_eval_flow(cfg: AlpacaEvalConfig) -> dict[str, Any]:
+    return _run("alpaca-eval", cfg, alpaca_eval_jobs, publish_alpaca_eval)
+
+
+def _run(kind: str, cfg, jobs_of, publish) -> dict[str, Any]:
+    """The evaluation's steps for the policy, then its summary (summary.json and the UI page)."""
     store = Store(cfg.store.root)
     policy = policy_ref(store, cfg.policy)
-    jobs = alpaca_eval_jobs(cfg, policy)
-    name = run_name("alpaca-eval", policy, jobs)
+    jobs = jobs_of(cfg, policy)
+    name = run_name(kind, policy, jobs)
     step = Steps(name, store)
     for job in jobs:
         step(job)
     summary = _summary(store, name, policy, jobs)
-    publish_alpaca_eval(name, summary)
+    publish(name, summary)
     return {"records": step.records, "summary": summary}
 
 
