@@ -1,4 +1,5 @@
-"""Pure tensor math for REBEL/REFUEL: sequence log-probabilities and the regression loss. torch only.
+"""Pure tensor math: sequence log-probabilities, REBEL/REFUEL's regression loss and the baselines' losses on
+the same pairs (DPO, IPO, RAFT's supervised loss on the best response), the reward model's loss. torch only.
 
 Mask convention: 1 = a trained token (the reply and its end-of-turn token), 0 = everything else.
 """
@@ -44,6 +45,42 @@ def rebel_loss(
         "sign_agreement": (torch.sign(d) == torch.sign(target)).float().mean().item(),
         "mean_abs_d": d.abs().mean().item(),
         "mean_eta_reward_diff": target.mean().item(),
+    }
+    return loss, metrics
+
+
+def preference_loss(
+    chosen_logps: torch.Tensor,
+    chosen_ref_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_ref_logps: torch.Tensor,
+    objective: str,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO or IPO on pairs, against a reference policy's logprobs (the round's starting policy, as iterative
+    DPO does, or the initial one). With h = (chosen_logps - chosen_ref_logps) - (rejected_logps - rejected_ref_logps):
+
+    dpo: mean of -(1 - ε) log σ(β h) - ε log σ(-β h) (ε = label_smoothing, the conservative DPO of a label
+         flipped with probability ε; 0 is plain DPO);
+    ipo: mean of (h - 1 / (2β))**2 (IPO's regression of the log-ratio margin onto 1/(2β)).
+
+    All arguments are (B,); returns the scalar loss and metrics: loss, sign agreement (fraction of pairs with
+    h > 0, DPO's reward accuracy: chosen is the better response), the mean implicit reward margin β h and mean |h|.
+    """
+    h = (chosen_logps - chosen_ref_logps) - (rejected_logps - rejected_ref_logps)
+    if objective == "dpo":
+        loss = (-(1 - label_smoothing) * torch.nn.functional.logsigmoid(beta * h)
+                - label_smoothing * torch.nn.functional.logsigmoid(-beta * h)).mean()
+    elif objective == "ipo":
+        loss = ((h - 1 / (2 * beta)) ** 2).mean()
+    else:
+        raise ValueError(f"preference_loss: unknown objective {objective!r} (dpo or ipo)")
+    metrics = {
+        "loss": loss.item(),
+        "reward_margin": (beta * h).mean().item(),
+        "sign_agreement": (h > 0).float().mean().item(),
+        "mean_abs_d": h.abs().mean().item(),
     }
     return loss, metrics
 

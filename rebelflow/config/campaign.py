@@ -233,7 +233,14 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
+    objective: Literal["rebel", "dpo", "ipo", "raft"] = Field(
+        "rebel", description="rebel (REBEL/REFUEL's regression), dpo or ipo against `reference`, or raft (supervised "
+                             "loss on each prompt's best response); the same pairs for all, so only train differs")
     eta: float = Field(1000.0, gt=0, description="REBEL's η: the regression target is η × reward difference")
+    beta: float = Field(0.1, gt=0, description="DPO/IPO's β: DPO's implicit reward is β × log-ratio; IPO's margin target 1/(2β)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO only: the conservative DPO's label-flip rate")
+    reference: Literal["round", "initial"] = Field(
+        "round", description="DPO/IPO's reference: the round's starting policy (iterative DPO) or the initial policy")
     lr: float = Field(3e-7, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
@@ -263,6 +270,9 @@ class TrainConfig(Section):
             )
         if isinstance(self.trainable, int) and self.trainable < 1:
             raise ValueError(f"trainable ({self.trainable}) must be 'all', 'lora' or a number of top layers >= 1.")
+        if self.label_smoothing and self.objective != "dpo":
+            raise ValueError(f"label_smoothing ({self.label_smoothing}) applies to objective: dpo only, not "
+                             f"{self.objective}. Remove train.label_smoothing or set train.objective: dpo.")
         return self
 
     def split_over_ranks(self) -> None:
@@ -432,6 +442,9 @@ class RunConfig(Section):
              f"online.prompts_per_iteration ({self.online.prompts_per_iteration}) cannot be shared equally over the "
              f"train launcher's {ranks} processes: each samples an equal share (so none is empty, and under ZeRO the "
              f"ranks' logprob passes stay in step). Make it a multiple of {ranks}"),
+            (self.train.objective != "rebel",
+             f"train.objective {self.train.objective} applies to iterative rounds (generate → … → train); an online "
+             "round's update is REBEL's regression: remove train.objective or the online section"),
             (self.stop_after not in ("train", "evaluate"), f"an online round trains as it samples, so stop_after "
                                                            f"'{self.stop_after}' cannot stop before it: set stop_after: train or evaluate"),
         ]

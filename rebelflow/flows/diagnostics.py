@@ -23,7 +23,7 @@ def diagnose(manifests: dict[str, dict[str, Any]]) -> list[str]:
     out += _lengths(get.get("generate", {}))
     out += _filters(get.get("prepare", {}), settings.get("prepare", {}))
     out += _targets(get.get("prepare", {}), settings.get("train", {}))
-    out += _signs(get.get("train", {}))
+    out += _signs(get.get("train", {}), settings.get("train", {}))
     out += _kl(get.get("online", {}), settings.get("online", {}))
     out += _evaluation(get.get("evaluate", {}))
     return out
@@ -63,14 +63,16 @@ def _targets(prepare: dict, train: dict) -> list[str]:
     return []
 
 
-def _signs(train: dict) -> list[str]:
+def _signs(train: dict, settings: dict) -> list[str]:
     agreement = train.get("last val_sign_agreement")
     if agreement is None or agreement > SIGN_FLOOR:
         return []
+    scale = ("check train.beta" if settings.get("objective") in ("dpo", "ipo")
+             else "check train.eta against the reward's scale")
     return [f"after training, the held-out pairs' log-ratio differences agree in sign with their reward "
             f"differences only {agreement:.0%} of the time (chance is 50%): the policy did not learn the pairs. "
-            "Raise train.lr or train.epochs, check train.eta against the reward's scale, and score a few pairs "
-            "by hand to see that the reward ranks them as you would."]
+            f"Raise train.lr or train.epochs, {scale}, and score a few pairs by hand to see that the reward ranks "
+            "them as you would."]
 
 
 def _kl(online: dict, settings: dict) -> list[str]:

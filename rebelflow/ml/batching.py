@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rebelflow.losses import rebel_loss, sequence_logps
+from rebelflow.losses import masked_nll, preference_loss, rebel_loss, sequence_logps
 
 
 def pad_right(seqs: Iterable[list[int]], value: int) -> torch.Tensor:
@@ -40,19 +40,30 @@ def batch_logps(model, ids: list[list[int]], masks: list[list[int]], temperature
     return sequence_logps(out.logits, input_ids, pad_right(masks, 0).to(input_ids.device), temperature)
 
 
-def pair_loss(model, rows: list[dict], eta: float, temperature: float, pad: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """REBEL loss and metrics of a micro-batch of pairs (rows with chosen/rejected ids, masks, π_old
-    logprobs and rewards); chosen and rejected go through separate passes."""
+def pair_loss(model, rows: list[dict], eta: float, temperature: float, pad: int, objective: str = "rebel",
+              beta: float = 0.1, label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss and metrics of a micro-batch of pairs (rows with chosen/rejected ids and masks, the
+    reference's logprobs `*_logp_old` and the rewards), by objective: REBEL's regression onto η × the reward
+    difference, DPO or IPO against the reference (β, label smoothing), or RAFT's supervised loss on the chosen
+    (best) response alone. Chosen and rejected go through separate passes."""
+    if objective == "raft":
+        out, input_ids = pad_and_forward(model, [r["chosen_ids"] for r in rows], pad)
+        loss = masked_nll(out.logits, input_ids, pad_right([r["chosen_mask"] for r in rows], 0).to(input_ids.device))
+        return loss, {"loss": loss.item(), "tokens": sum(len(r["chosen_ids"]) for r in rows)}
     chosen = batch_logps(model, [r["chosen_ids"] for r in rows], [r["chosen_mask"] for r in rows], temperature, pad)
     rejected = batch_logps(model, [r["rejected_ids"] for r in rows], [r["rejected_mask"] for r in rows], temperature, pad)
 
     def column(key: str) -> torch.Tensor:
         return torch.tensor([r[key] for r in rows], dtype=chosen.dtype, device=chosen.device)
 
-    loss, metrics = rebel_loss(
-        chosen, column("chosen_logp_old"), rejected, column("rejected_logp_old"),
-        column("chosen_reward"), column("rejected_reward"), eta,
-    )
+    if objective == "rebel":
+        loss, metrics = rebel_loss(
+            chosen, column("chosen_logp_old"), rejected, column("rejected_logp_old"),
+            column("chosen_reward"), column("rejected_reward"), eta,
+        )
+    else:
+        loss, metrics = preference_loss(chosen, column("chosen_logp_old"), rejected, column("rejected_logp_old"),
+                                        objective, beta, label_smoothing)
     metrics["tokens"] = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
     return loss, metrics
 

@@ -137,10 +137,13 @@ def round_plan(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> R
     if "prepare" in wanted:
         r.prepare = make_job(prepare_dialogues if multi else prepare, k, prepare.Settings(**cfg.prepare.model_dump()),
                              [r.score.ref, policy], cfg.prepare.launcher, name="prepare")
-    if "logprobs" in wanted:  # the hardware fingerprint is only worth computing when needed
-        r.logprobs = make_job(logprobs, k, _logprobs_settings(cfg), [r.prepare.ref, policy], cfg.logprobs.launcher)
+    objective = cfg.train.objective
+    if "logprobs" in wanted and objective != "raft":  # RAFT's supervised loss needs no reference
+        reference = base.policy if objective in ("dpo", "ipo") and cfg.train.reference == "initial" else policy
+        r.logprobs = make_job(logprobs, k, _logprobs_settings(cfg), [r.prepare.ref, reference], cfg.logprobs.launcher)
     if "train" in wanted:
-        r.train = make_job(train, k, _train_settings(cfg, k), [r.logprobs.ref, policy], cfg.train.launcher)
+        pairs = r.prepare.ref if objective == "raft" else r.logprobs.ref
+        r.train = make_job(train, k, _train_settings(cfg, k), [pairs, policy], cfg.train.launcher)
     if "evaluate" in wanted:
         _evaluation(cfg, r, k, base, r.train.ref)
     return r
@@ -232,7 +235,7 @@ def _eval_samples(cfg: RunConfig, k: int, eval_prompts: ArtifactRef, policy: Art
 def _train_settings(cfg: RunConfig, k: int) -> train.Settings:
     return train.Settings(
         **cfg.train.model_dump(),
-        temperature=cfg.generate.temperature,
+        temperature=_reference_temperature(cfg),
         attn_implementation=cfg.logprobs.attn_implementation,
         tracking=run_info(cfg.tracking, cfg.store.root, cfg.campaign, f"{cfg.campaign}-r{k}-train", "train"),
     )
@@ -259,10 +262,16 @@ def turns_column(cfg: RunConfig) -> str | None:
     return user.turns_column if user is not None and user.kind == "dataset" else None
 
 
+def _reference_temperature(cfg: RunConfig) -> float:
+    """REBEL's log-ratios are those of the sampling policy, softmax(logits / temperature), as in its code; DPO
+    and IPO use the model's own distribution (temperature 1), as they are defined."""
+    return 1.0 if cfg.train.objective in ("dpo", "ipo") else cfg.generate.temperature
+
+
 def _logprobs_settings(cfg: RunConfig) -> logprobs.Settings:
     lp = cfg.logprobs
     return logprobs.Settings(
-        **lp.model_dump(), temperature=cfg.generate.temperature,
+        **lp.model_dump(), temperature=_reference_temperature(cfg),
         hardware=hardware_key(lp.launcher, lp.dtype, lp.attn_implementation),
     )
 

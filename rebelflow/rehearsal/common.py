@@ -83,8 +83,19 @@ def scale_launcher(r: Rehearsal, path: str, launcher) -> int:
 
 
 def cpu_dtype(r: Rehearsal, path: str, dtype: str) -> None:
+    """16-bit dtypes as this CPU runs them: float16 kernels are missing on CPU; bfloat16 stays where the CPU
+    computes it natively, else float32 (emulated bf16 is about 12× slower, and a preset's rehearsal would take
+    an hour instead of minutes)."""
+    from rebelflow.planning.environments import cpu_has_bf16
+
+    if dtype not in ("float16", "bfloat16"):
+        return
+    native = cpu_has_bf16()
     if dtype == "float16":
-        r.set(path, "bfloat16", "float16 kernels are missing on CPU")
+        r.set(path, "bfloat16" if native else "float32", "float16 kernels are missing on CPU"
+              + ("" if native else ", and this CPU has no bf16 instructions (AVX512-BF16, AMX)"))
+    elif not native:
+        r.set(path, "float32", "this CPU has no bf16 instructions (AVX512-BF16, AMX): emulated bf16 is ~12× slower")
 
 
 def tracking_offline(r: Rehearsal, wandb) -> None:

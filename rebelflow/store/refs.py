@@ -75,8 +75,10 @@ def external_model(source: str, revision: str | None = None, chat_template: str 
 
 
 def hashed_settings(settings: BaseModel) -> dict[str, Any]:
-    """The part of a stage's settings that determines its output (paths and launch options excluded)."""
-    return settings.model_dump(mode="json", exclude=getattr(settings, "UNHASHED", set()))
+    """The part of a stage's settings that determines its output (paths and launch options excluded; a stage
+    whose relevant settings depend on their values names the rest in an `unhashed()` method)."""
+    unhashed = settings.unhashed() if hasattr(settings, "unhashed") else getattr(settings, "UNHASHED", set())
+    return settings.model_dump(mode="json", exclude=unhashed)
 
 
 def artifact_ref(name: str, version: int, kind: str, settings: BaseModel, inputs: list[ArtifactRef]) -> ArtifactRef:

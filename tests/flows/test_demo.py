@@ -1,7 +1,9 @@
 """The shipped demo campaign, end to end: it must learn (the README and the closing note quote it)."""
 
 import json
-from pathlib import Path
+import os
+import subprocess
+import sys
 
 from rebelflow.config.loading import load_config
 from rebelflow.flows.campaign import campaign_flow
@@ -9,10 +11,17 @@ from tests.conftest import REPO
 
 
 def test_the_demo_campaign_learns_round_over_round(tmp_path):
-    cfg = load_config(REPO / "configs/demo-rebel.yaml", store=str(tmp_path / "store"))
-    result = campaign_flow(cfg)
-    summary = json.loads((Path(cfg.store.root) / "campaigns/demo-rebel/summary.json").read_text())
-    assert summary == result["summary"]
+    """`make demo` as a user runs it (the command line, the quiet console, a fresh store): one line per stage
+    and the tables, at most 150 lines; it learns; afterwards the plan finds every stage in the store."""
+    store = tmp_path / "store"
+    cli = [sys.executable, "-m", "rebelflow.cli"]
+    run = subprocess.run([*cli, "run", str(REPO / "configs/demo-rebel.yaml"), "--store", str(store)],
+                         capture_output=True, text=True, timeout=1800, cwd=tmp_path, env={**os.environ, "COLUMNS": "120"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    shown = (run.stdout + run.stderr).splitlines()
+    assert len(shown) <= 150, "\n".join(shown)  # the quiet console; the rest is in the run's log file
+    assert "Traceback" not in run.stderr
+    summary = json.loads((store / "campaigns/demo-rebel/summary.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     assert rounds[3]["reward_mean"] > rounds[0]["reward_mean"] + 0.1  # measured: about 0.41 -> 0.60
@@ -22,6 +31,12 @@ def test_the_demo_campaign_learns_round_over_round(tmp_path):
     assert "judge_win_rate" not in rounds[0] and all(r["judge"].startswith("callable:addition_referee@") for r in rounds[1:])
     assert rounds[3]["judge_win_rate"] > 0.55  # measured: 0.556, 0.594, 0.619 (first replies only: many ties)
     assert not any(r.get("diagnostics") for r in rounds), [r.get("diagnostics") for r in rounds]  # a sane demo
+    plan = subprocess.run([*cli, "plan", str(REPO / "configs/demo-rebel.yaml"), "--store", str(store), "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    rows = json.loads(plan.stdout)
+    assert rows and [(r["round"], r["stage"]) for r in rows if r["status"] != "cached"] == []
+    assert sum(line.startswith("round ") for line in shown) == len(rows)  # one progress line per stage
 
 
 def test_the_refuel_demo_learns_at_every_turn(tmp_path):

@@ -79,3 +79,44 @@ def test_bradley_terry_loss_by_hand():
     assert metrics["margin"] == pytest.approx(math.log(3.0) / 2)
     swapped, _ = bradley_terry_loss(rejected, chosen)
     assert swapped.item() > loss.item()  # unlike REBEL's loss, the order of the pair matters
+
+
+def test_dpo_and_ipo_by_hand():
+    from rebelflow.losses import preference_loss
+
+    # h = (-1 - -2) - (-3 - -2.5) = 1.5; β h = 0.15
+    args = (t(-1.0), t(-2.0), t(-3.0), t(-2.5))
+    loss, m = preference_loss(*args, "dpo", beta=0.1)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.15)))  # -log σ(0.15) = 0.620957
+    assert m["reward_margin"] == pytest.approx(0.15) and m["sign_agreement"] == 1.0 and m["mean_abs_d"] == 1.5
+    smoothed, _ = preference_loss(*args, "dpo", beta=0.1, label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx(0.9 * math.log(1 + math.exp(-0.15)) + 0.1 * math.log(1 + math.exp(0.15)))
+    ipo, _ = preference_loss(*args, "ipo", beta=0.1)
+    assert ipo.item() == pytest.approx((1.5 - 5.0) ** 2)  # IPO regresses h onto 1 / (2β) = 5
+    with pytest.raises(ValueError, match="unknown objective"):
+        preference_loss(*args, "kto", beta=0.1)
+
+
+def test_dpo_and_ipo_invariants():
+    from rebelflow.losses import preference_loss
+
+    g = torch.Generator().manual_seed(2)
+    c, cr, r, rr = (torch.randn(16, generator=g, dtype=torch.float64) for _ in range(4))
+    # at the reference (h = 0) DPO's loss is log 2 whatever β
+    assert preference_loss(c, c, r, r, "dpo", beta=0.7)[0].item() == pytest.approx(math.log(2))
+    # only log-ratios matter: shifting a response's logprob under both policies changes nothing
+    shift = torch.randn(16, generator=g, dtype=torch.float64)
+    for objective in ("dpo", "ipo"):
+        base = preference_loss(c, cr, r, rr, objective, beta=0.3)[0].item()
+        assert preference_loss(c + shift, cr + shift, r, rr, objective, beta=0.3)[0].item() == pytest.approx(base)
+    # DPO pushes chosen up and rejected down; swapping the pair mirrors its loss
+    chosen = c.clone().requires_grad_(True)
+    rejected = r.clone().requires_grad_(True)
+    preference_loss(chosen, cr, rejected, rr, "dpo", beta=0.5)[0].backward()
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()
+    h = (c - cr) - (r - rr)
+    swapped = preference_loss(r, rr, c, cr, "dpo", beta=0.5)[0].item()
+    assert swapped == pytest.approx(torch.nn.functional.softplus(0.5 * h).mean().item())
+    # IPO's minimum is at h = 1 / (2β) for every pair
+    target = 1 / (2 * 0.25)
+    assert preference_loss(c + (r - rr) + target, c, r, rr, "ipo", beta=0.25)[0].item() == pytest.approx(0.0, abs=1e-12)

@@ -1,0 +1,68 @@
+"""Baselines on REBEL's pipeline: the objective and its settings enter only the train fingerprint (and the
+reference's logprobs), so generation, scores and pairs are shared across objectives."""
+
+import pytest
+
+from rebelflow.config.loading import load_config
+from rebelflow.planning.campaign import campaign_jobs
+from rebelflow.stages import train
+from rebelflow.store.refs import hashed_settings
+from tests.conftest import REPO
+
+
+def jobs(tmp_path, **train_settings):
+    cfg = load_config(REPO / "configs/demo-rebel.yaml", store=str(tmp_path / "store"))
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train_settings)})
+    return {(j.name, j.round): j for j in campaign_jobs(cfg)}
+
+
+def settings(job) -> train.Settings:
+    return train.Settings(**job.settings)
+
+
+def test_objectives_share_generation_scores_and_pairs_and_differ_only_in_training(tmp_path):
+    rebel, dpo, ipo, raft = (jobs(tmp_path, **s) for s in ({}, {"objective": "dpo"}, {"objective": "ipo"},
+                                                            {"objective": "raft"}))
+    for name in ("prompts", "generate", "score", "prepare"):
+        assert rebel[name, 1].ref == dpo[name, 1].ref == ipo[name, 1].ref == raft[name, 1].ref
+    # the demo samples at temperature 1, so DPO's reference logprobs (the round's policy) are REBEL's π_old
+    assert rebel["logprobs", 1].ref == dpo["logprobs", 1].ref == ipo["logprobs", 1].ref
+    assert len({j["train", 1].ref.id for j in (rebel, dpo, ipo, raft)}) == 4
+    # RAFT's supervised loss needs no reference: no logprobs stage, training reads the pairs directly
+    assert ("logprobs", 1) not in raft and raft["train", 1].inputs[0] == raft["prepare", 1].ref
+    # later rounds start from each objective's own policy
+    assert rebel["generate", 2].ref != dpo["generate", 2].ref
+
+
+def test_only_the_objectives_own_settings_are_fingerprinted(tmp_path):
+    rebel = jobs(tmp_path)["train", 1]
+    assert not {"objective", "beta", "label_smoothing", "reference"} & set(hashed_settings(settings(rebel)))
+    assert jobs(tmp_path, beta=0.5)["train", 1].ref == rebel.ref  # β is DPO's, not REBEL's
+    assert jobs(tmp_path, eta=5.0)["train", 1].ref != rebel.ref
+    dpo = jobs(tmp_path, objective="dpo")["train", 1]
+    assert jobs(tmp_path, objective="dpo", eta=5.0)["train", 1].ref == dpo.ref  # η is REBEL's
+    assert jobs(tmp_path, objective="dpo", beta=0.5)["train", 1].ref != dpo.ref
+    assert jobs(tmp_path, objective="dpo", label_smoothing=0.1)["train", 1].ref != dpo.ref
+    assert hashed_settings(settings(dpo))["temperature"] == 1.0  # DPO's log-ratios at the model's own temperature
+
+
+def test_dpo_against_the_initial_policy_takes_round_zeros_logprobs(tmp_path):
+    per_round = jobs(tmp_path, objective="dpo")
+    initial = jobs(tmp_path, objective="dpo", reference="initial")
+    start = initial["sft", 0].ref
+    assert initial["logprobs", 1].ref == per_round["logprobs", 1].ref  # round 1 starts from the initial policy
+    assert initial["logprobs", 2].inputs[1] == start and per_round["logprobs", 2].inputs[1] != start
+    assert initial["train", 2].inputs[1] != start  # and it still trains the round's own policy
+
+
+def test_objective_settings_are_checked_before_any_work():
+    from pydantic import ValidationError
+
+    from rebelflow.config.campaign import TrainConfig
+
+    with pytest.raises(ValidationError, match="label_smoothing .* applies to objective: dpo only"):
+        TrainConfig(objective="ipo", label_smoothing=0.1)
+    with pytest.raises(ValidationError, match="objective"):
+        TrainConfig(objective="ppo")
+    assert train.Settings(**TrainConfig(objective="raft").model_dump(), temperature=0.7,
+                          attn_implementation="eager").unhashed() >= {"eta", "beta", "temperature"}
