@@ -57,6 +57,8 @@ demo-rm: $(STAMP)
 
 # REBEL against DPO and RAFT on the demo's task: the baselines are variants of demo-rebel (train.objective),
 # so round 1's generation, scores and pairs are REBEL's, found in the store; then the three side by side.
+DPO ?= --set train.objective=dpo --set train.beta=1 --set train.epochs=4
+RAFT ?= --set train.objective=raft
 demo-compare: $(STAMP)
 	$(VENV)/bin/rebelflow run configs/demo-rebel.yaml --store $(STORE)
 	$(VENV)/bin/rebelflow run configs/demo-rebel.yaml --store $(STORE) $(DPO)

@@ -81,9 +81,9 @@ def rebelflow_worker(args, policy: str, rows: list[dict], objective: str) -> dic
     plan = plan_updates(fit, settings, "pairs", "")
     with tempfile.TemporaryDirectory() as tmp:
         trained = fit_model(model, fit, settings, plan, Path(tmp))
-    seconds = sum(h["tokens"] / h["tokens_per_second"] for h in trained.history)
-    tokens = sum(h["tokens"] for h in trained.history)
-    return {"pairs": len(plan) * args.per_update, "tokens": tokens, "seconds": seconds}
+    per_update = [sum(len(pairs[i]["chosen_ids"]) + len(pairs[i]["rejected_ids"]) for i in u) for u in plan]
+    seconds = sum(t / h["tokens_per_second"] for t, h in zip(per_update, trained.history, strict=True))
+    return {"pairs": len(plan) * args.per_update, "tokens": sum(per_update), "seconds": seconds}
 
 
 TRL_WORKER = r'''
@@ -112,9 +112,11 @@ class Clock(TrainerCallback):
 clock = Clock()
 config = DPOConfig(output_dir=out, per_device_train_batch_size=args["micro"],
                    gradient_accumulation_steps=args["per_update"] // args["micro"], num_train_epochs=args["epochs"],
-                   learning_rate=args["lr"], lr_scheduler_type="cosine", warmup_ratio=0.1, beta=0.1,
+                   learning_rate=args["lr"], lr_scheduler_type="cosine", warmup_steps=0.1, beta=0.1,
                    precompute_ref_log_probs=True, max_length=None, logging_steps=1, report_to="none",
-                   save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0)
+                   save_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0,
+                   # as rebelflow's fp32 train stage: no bf16 autocast, no activation recomputation, no clipping
+                   bf16=False, gradient_checkpointing=False, max_grad_norm=0.0)
 trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[clock])
 trainer.train()
 ds = trainer.train_dataset

@@ -273,6 +273,9 @@ class TrainConfig(Section):
         if self.label_smoothing and self.objective != "dpo":
             raise ValueError(f"label_smoothing ({self.label_smoothing}) applies to objective: dpo only, not "
                              f"{self.objective}. Remove train.label_smoothing or set train.objective: dpo.")
+        if self.reference != "round" and self.objective not in ("dpo", "ipo"):
+            raise ValueError(f"reference ({self.reference}) is DPO's and IPO's reference policy; objective "
+                             f"{self.objective} has none. Remove train.reference or set train.objective: dpo or ipo.")
         return self
 
     def split_over_ranks(self) -> None:
@@ -382,6 +385,9 @@ class RunConfig(Section):
                 "pairs the best and the worst of n sampled responses, so it needs n >= 2 and temperature > 0 "
                 "(greedy samples are identical). Set generate.n: 2 or more and a positive temperature."
             )
+        if self.stop_after == "logprobs" and self.train.objective == "raft":
+            raise ValueError("stop_after is 'logprobs', but objective raft has no logprobs stage (its supervised "
+                             "loss needs no reference). Set stop_after: prepare or train.")
         if self.rounds > 1 and "train" not in stages and "online" not in stages:
             raise ValueError(
                 f"rounds: {self.rounds} needs each round's trained policy, but stop_after is "

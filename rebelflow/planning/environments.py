@@ -63,17 +63,3 @@ def _probe(python: str, dtype: str, attn: str) -> str:
             "install rebelflow and torch in that environment, or run logprobs with this interpreter."
         )
     return lines[-1]
-
-
-@cache
-def cpu_has_bf16() -> bool:
-    """Whether this machine's CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX, Arm's BF16 extension).
-    Without it torch emulates bf16 matmuls, measured about 12× slower than fp32 on a 2-core AMD EPYC."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = {word for line in text.splitlines() if line.lower().startswith(("flags", "features"))
-             for word in line.split(":", 1)[-1].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-

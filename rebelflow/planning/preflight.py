@@ -154,7 +154,9 @@ def check_prompt_lengths(cfg: RunConfig, rows: list[dict], sample: int = 64) -> 
 def check_engines(cfg: RunConfig) -> None:
     """Where stages will run, checked before any work: every named interpreter exists, and the vLLM engine
     runs where vLLM is installed. Raises ConfigError naming the setting and the fix."""
-    launchers = {name: getattr(cfg, name).launcher for name in ("generate", "score", "prepare", "logprobs", "train", "evaluate")}
+    steps = ("generate", "score", "prepare", "train", "evaluate") if cfg.train.objective == "raft" else (
+        "generate", "score", "prepare", "logprobs", "train", "evaluate")  # RAFT has no logprobs stage
+    launchers = {name: getattr(cfg, name).launcher for name in steps}
     if cfg.sft is not None:
         launchers["sft"] = cfg.sft.launcher
     for launcher in launchers.values():

@@ -44,8 +44,8 @@ class Settings(TrainConfig):
         the baselines existed, and a DPO run is not redone because η changed."""
         irrelevant = {
             "rebel": {"objective", "beta", "label_smoothing", "reference"},
-            "dpo": {"eta"},
-            "ipo": {"eta", "label_smoothing"},
+            "dpo": {"eta", "reference"},  # the reference is the logprobs input's policy, fingerprinted there
+            "ipo": {"eta", "label_smoothing", "reference"},
             "raft": {"eta", "beta", "label_smoothing", "reference", "temperature"},
         }[self.objective]
         return self.UNHASHED | irrelevant

@@ -53,6 +53,8 @@ def test_dpo_against_the_initial_policy_takes_round_zeros_logprobs(tmp_path):
     assert initial["logprobs", 1].ref == per_round["logprobs", 1].ref  # round 1 starts from the initial policy
     assert initial["logprobs", 2].inputs[1] == start and per_round["logprobs", 2].inputs[1] != start
     assert initial["train", 2].inputs[1] != start  # and it still trains the round's own policy
+    # the reference is fingerprinted through the logprobs input: round 1 trains the same model either way
+    assert initial["train", 1].ref == per_round["train", 1].ref and initial["train", 2].ref != per_round["train", 2].ref
 
 
 def test_objective_settings_are_checked_before_any_work():
@@ -64,5 +66,7 @@ def test_objective_settings_are_checked_before_any_work():
         TrainConfig(objective="ipo", label_smoothing=0.1)
     with pytest.raises(ValidationError, match="objective"):
         TrainConfig(objective="ppo")
+    with pytest.raises(ValidationError, match="reference .initial. is DPO's and IPO's"):
+        TrainConfig(objective="raft", reference="initial")
     assert train.Settings(**TrainConfig(objective="raft").model_dump(), temperature=0.7,
                           attn_implementation="eager").unhashed() >= {"eta", "beta", "temperature"}
