@@ -91,6 +91,7 @@ bench: $(STAMP) $(VLLM_STAMP)
 	$(PY) bench/dialogue_batching.py
 	$(PY) bench/score_batching.py
 	$(PY) bench/generate_engines.py
+	$(PY) bench/train_vs_trl.py
 	$(PY) bench/online_loop.py
 
 clean:
