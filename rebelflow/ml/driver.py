@@ -218,7 +218,7 @@ class UpdateLoop:
                 row.update(self.evaluate(evaluate))
             history.append(row)
             if not quiet:
-                say(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}))
+                say(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()}))
                 if on_update is not None:
                     on_update(row)
             if checkpoints.due(u + 1, total):

@@ -245,7 +245,7 @@ class OnlineLoop:
                 row.update(self.validate())
             row["seconds"] = time.time() - started
             history.append(row)
-            say(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}))
+            say(json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()}))
             if checkpoints.due(it + 1, self.cfg.iterations):
                 self._save(checkpoints, it + 1, history, say)
         return history
