@@ -278,6 +278,11 @@ class TrainConfig(Section):
                              f"{self.objective} has none. Remove train.reference or set train.objective: dpo or ipo.")
         return self
 
+    @property
+    def needs_logprobs(self) -> bool:
+        """Whether training reads reference logprobs (the logprobs stage): all objectives but RAFT's supervised loss."""
+        return self.objective != "raft"
+
     def split_over_ranks(self) -> None:
         """An iterative round's update is shared out in equal micro-batches (online rounds split minibatch_pairs)."""
         ranks = self.launcher.processes()
@@ -385,7 +390,7 @@ class RunConfig(Section):
                 "pairs the best and the worst of n sampled responses, so it needs n >= 2 and temperature > 0 "
                 "(greedy samples are identical). Set generate.n: 2 or more and a positive temperature."
             )
-        if self.stop_after == "logprobs" and self.train.objective == "raft":
+        if self.stop_after == "logprobs" and not self.train.needs_logprobs:
             raise ValueError("stop_after is 'logprobs', but objective raft has no logprobs stage (its supervised "
                              "loss needs no reference). Set stop_after: prepare or train.")
         if self.rounds > 1 and "train" not in stages and "online" not in stages:

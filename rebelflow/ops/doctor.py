@@ -67,7 +67,7 @@ def stages(cfg: RunConfig) -> list[tuple[str, str, str]]:
     rows.append(("generate", gen, _where(cfg.generate.launcher)))
     rows.append(("score", f"reward {cfg.reward.backend}", _where(cfg.score.launcher)))
     rows.append(("prepare", "tokenizer", _where(cfg.prepare.launcher)))
-    if cfg.train.objective != "raft":  # RAFT's supervised loss needs no reference logprobs
+    if cfg.train.needs_logprobs:
         rows.append(("logprobs", f"transformers {cfg.logprobs.dtype}", _where(cfg.logprobs.launcher)))
     rows.append(("train", f"{cfg.train.objective}, trainable {cfg.train.trainable}, {cfg.train.dtype}",
                  _where(cfg.train.launcher)))

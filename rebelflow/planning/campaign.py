@@ -137,12 +137,11 @@ def round_plan(cfg: RunConfig, k: int, policy: ArtifactRef, base: Baseline) -> R
     if "prepare" in wanted:
         r.prepare = make_job(prepare_dialogues if multi else prepare, k, prepare.Settings(**cfg.prepare.model_dump()),
                              [r.score.ref, policy], cfg.prepare.launcher, name="prepare")
-    objective = cfg.train.objective
-    if "logprobs" in wanted and objective != "raft":  # RAFT's supervised loss needs no reference
-        reference = base.policy if objective in ("dpo", "ipo") and cfg.train.reference == "initial" else policy
+    if "logprobs" in wanted and cfg.train.needs_logprobs:
+        reference = base.policy if cfg.train.reference == "initial" else policy  # DPO/IPO only (validated)
         r.logprobs = make_job(logprobs, k, _logprobs_settings(cfg), [r.prepare.ref, reference], cfg.logprobs.launcher)
     if "train" in wanted:
-        pairs = r.prepare.ref if objective == "raft" else r.logprobs.ref
+        pairs = r.logprobs.ref if cfg.train.needs_logprobs else r.prepare.ref
         r.train = make_job(train, k, _train_settings(cfg, k), [pairs, policy], cfg.train.launcher)
     if "evaluate" in wanted:
         _evaluation(cfg, r, k, base, r.train.ref)

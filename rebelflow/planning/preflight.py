@@ -154,9 +154,8 @@ def check_prompt_lengths(cfg: RunConfig, rows: list[dict], sample: int = 64) -> 
 def check_engines(cfg: RunConfig) -> None:
     """Where stages will run, checked before any work: every named interpreter exists, and the vLLM engine
     runs where vLLM is installed. Raises ConfigError naming the setting and the fix."""
-    steps = ("generate", "score", "prepare", "train", "evaluate") if cfg.train.objective == "raft" else (
-        "generate", "score", "prepare", "logprobs", "train", "evaluate")  # RAFT has no logprobs stage
-    launchers = {name: getattr(cfg, name).launcher for name in steps}
+    steps = ("generate", "score", "prepare", "logprobs", "train", "evaluate")
+    launchers = {name: getattr(cfg, name).launcher for name in steps if name != "logprobs" or cfg.train.needs_logprobs}
     if cfg.sft is not None:
         launchers["sft"] = cfg.sft.launcher
     for launcher in launchers.values():
