@@ -1,5 +1,6 @@
 """Pure tensor math: sequence log-probabilities, REBEL/REFUEL's regression loss and the baselines' losses on
-the same pairs (DPO, IPO, RAFT's supervised loss on the best response), the reward model's loss. torch only.
+the same pairs (DPO, IPO, RAFT's supervised loss on the best response), PPO's clipped policy and value
+losses, the reward model's loss. torch only.
 
 Mask convention: 1 = a trained token (the reply and its end-of-turn token), 0 = everything else.
 """
@@ -9,17 +10,26 @@ from __future__ import annotations
 import torch
 
 
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities of every next token under softmax(logits / temperature), in fp32.
+
+    logits: (B, T, V) model outputs, position t predicting token t+1; input_ids: (B, T).
+    Returns (B, T - 1): entry t is log p(input_ids[t + 1] | input_ids[<= t]).
+    The 1e-7 keeps temperature 0 finite, as in the reference code.
+    """
+    scaled = logits[:, :-1].float() / (temperature + 1e-7)
+    return torch.log_softmax(scaled, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
 def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Summed log-probabilities of the masked tokens, under softmax(logits / temperature).
 
     logits: (B, T, V) model outputs, position t predicting token t+1.
     input_ids: (B, T) the sequence; mask: (B, T), 1 on the tokens to score.
     Returns (B,): sum over t >= 1 with mask[t] = 1 of log p(input_ids[t] | input_ids[<t]).
-    The 1e-7 keeps temperature 0 finite, as in the reference code.
     """
-    scaled = logits[:, :-1].float() / (temperature + 1e-7)
-    token_logps = torch.log_softmax(scaled, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return (token_logps * mask[:, 1:].to(token_logps.dtype)).sum(-1)
+    logps = token_logps(logits, input_ids, temperature)
+    return (logps * mask[:, 1:].to(logps.dtype)).sum(-1)
 
 
 def rebel_loss(
@@ -81,6 +91,58 @@ def preference_loss(
         "reward_margin": (beta * h).mean().item(),
         "sign_agreement": (h > 0).float().mean().item(),
         "mean_abs_d": h.abs().mean().item(),
+    }
+    return loss, metrics
+
+
+def ppo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    cliprange_value: float,
+    vf_coef: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's loss over the trained tokens: the clipped policy loss plus vf_coef × the clipped value loss.
+
+    All arguments are (B, L), one entry per token position (mask 1 on the reply's tokens, 0 on padding):
+    the policy's log-probabilities now and at rollout, the advantages, the value model's predictions now and
+    at rollout, and the returns. With ratio = exp(logps - old_logps):
+
+    policy loss = mean of max(-A · ratio, -A · clip(ratio, 1 - cliprange, 1 + cliprange));
+    value loss  = 0.5 · mean of max((V - R)², (V_clipped - R)²), V_clipped = old V + clip(V - old V, ±cliprange_value);
+
+    means over the masked tokens. Returns the scalar loss and metrics: loss, policy_loss, value_loss,
+    clip_fraction and value_clip_fraction (tokens where the clipped term is the larger one), approx_kl
+    (0.5 · mean (logps - old_logps)²) and the mean ratio.
+    """
+    weights = mask.to(logps.dtype)
+    count = weights.sum().clamp(min=1.0)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * weights).sum() / count
+
+    diff = logps - old_logps
+    ratio = torch.exp(diff)
+    policy_losses = -advantages * ratio
+    clipped_losses = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    policy_loss = mean(torch.max(policy_losses, clipped_losses))
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    value_losses, clipped_value_losses = (values - returns) ** 2, (clipped_values - returns) ** 2
+    value_loss = 0.5 * mean(torch.max(value_losses, clipped_value_losses))
+    loss = policy_loss + vf_coef * value_loss
+    metrics = {
+        "loss": loss.item(),
+        "policy_loss": policy_loss.item(),
+        "value_loss": value_loss.item(),
+        "clip_fraction": mean((clipped_losses > policy_losses).to(weights.dtype)).item(),
+        "value_clip_fraction": mean((clipped_value_losses > value_losses).to(weights.dtype)).item(),
+        "approx_kl": mean(0.5 * diff.detach() ** 2).item(),
+        "ratio": mean(ratio.detach()).item(),
     }
     return loss, metrics
 

@@ -455,7 +455,15 @@ class RunConfig(Section):
              f"ranks' logprob passes stay in step). Make it a multiple of {ranks}"),
             (self.train.objective != "rebel",
              f"train.objective {self.train.objective} applies to iterative rounds (generate → … → train); an online "
-             "round's update is REBEL's regression: remove train.objective or the online section"),
+             "round's update is set by online.objective (rebel or ppo): remove train.objective"),
+            (self.online.objective == "ppo" and self.dialogue is not None,
+             "online.objective: ppo trains single replies; multi-turn online rounds (REFUEL) are REBEL's: remove "
+             "online.objective or the dialogue section"),
+            (self.online.objective == "ppo" and self.online.ppo.value_init == "reward"
+             and self.reward.backend not in ("classifier", "value_head"),
+             f"online.ppo.value_init: reward copies the reward model into the value model, which needs a transformer "
+             f"with a scalar head (reward.backend classifier or value_head), not {self.reward.backend!r}: set "
+             "online.ppo.value_init: policy"),
             (self.stop_after not in ("train", "evaluate"), f"an online round trains as it samples, so stop_after "
                                                            f"'{self.stop_after}' cannot stop before it: set stop_after: train or evaluate"),
         ]

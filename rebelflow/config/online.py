@@ -1,7 +1,8 @@
 """Online rounds (REBEL's TL;DR and chat experiments, REFUEL setting two): with an `online:` section a
 round is a block of `iterations`, each sampling a small batch with the current policy, rewarding it with
 a KL penalty against the reference policy, and taking a few regression passes over it. Defaults follow
-the papers' code (REFERENCE: "REBEL, online")."""
+the papers' code (REFERENCE: "REBEL, online"). `objective: ppo` takes PPO's clipped passes instead, with a
+value model (the REBEL seed's TL;DR PPO baseline, REFERENCE: "PPO baseline (TL;DR)")."""
 
 from __future__ import annotations
 
@@ -19,10 +20,29 @@ class AdaptiveKLConfig(Section):
     horizon: int = Field(10000, ge=1, description="responses over which the coefficient adapts")
 
 
+class PPOConfig(Section):
+    """PPO in the online loop: a value model beside the policy, per-token rewards (−kl_coef · the token's
+    log-ratio, the score at the reply's last token), GAE, clipped policy and value losses."""
+
+    value_init: Literal["policy", "reward"] = Field(
+        "policy", description="the value model's start: the policy's backbone with a new scalar head, or the "
+                              "reward model (a classifier or value_head reward sharing the policy's vocabulary)")
+    minibatch_responses: int = Field(8, ge=1, description="responses per optimizer update within a pass")
+    vf_coef: float = Field(0.1, ge=0, description="loss = policy loss + vf_coef · value loss")
+    cliprange: float = Field(0.2, gt=0, description="the policy ratio is clipped to 1 ± cliprange")
+    cliprange_value: float = Field(0.2, gt=0, description="a value moves at most this far from its rollout value")
+    gamma: float = Field(1.0, ge=0, le=1, description="the discount of GAE")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE's λ")
+    whiten_rewards: bool = Field(True, description="scale the batch's token rewards to unit variance before GAE")
+
+
 class OnlineConfig(Section):
+    objective: Literal["rebel", "ppo"] = Field(
+        "rebel", description="rebel: regression on pairs within a prompt; ppo: PPO with a value model (online.ppo)")
+    ppo: PPOConfig | None = Field(None, description="objective ppo: its settings (defaults: the REBEL seed's TL;DR PPO)")
     iterations: int = Field(..., ge=1, description="iterations per round (a round stays the unit of caching)")
     prompts_per_iteration: int = Field(32, ge=1)
-    samples_per_prompt: int = Field(2, ge=2, description="responses per prompt; pairs are formed within a prompt")
+    samples_per_prompt: int = Field(2, ge=1, description="responses per prompt; REBEL pairs them within a prompt (2 or more)")
     epochs_per_iteration: int = Field(4, ge=1, description="regression passes over each iteration's pairs")
     minibatch_pairs: int = Field(8, ge=1, description="pairs per optimizer update within a pass")
     kl_coef: float = Field(0.05, ge=0, description="reward = score/reward_scale − kl_coef · KL(π_old ‖ π_ref)")
@@ -43,8 +63,29 @@ class OnlineConfig(Section):
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable checkpoints")
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ppo_defaults(cls, data):
+        """objective: ppo without a ppo section takes the defaults."""
+        if isinstance(data, dict) and data.get("objective") == "ppo" and data.get("ppo") is None:
+            return {**data, "ppo": {}}
+        return data
+
     @model_validator(mode="after")
     def _minibatches(self) -> OnlineConfig:
+        if self.objective == "ppo":
+            responses = self.items_per_iteration()
+            if self.ppo.minibatch_responses > responses:
+                raise ValueError(
+                    f"online.ppo.minibatch_responses ({self.ppo.minibatch_responses}) is more than an iteration's "
+                    f"responses ({responses}: prompts_per_iteration × samples_per_prompt). Lower it or raise "
+                    "prompts_per_iteration.")
+            return self
+        if self.ppo is not None:
+            raise ValueError("online.ppo configures objective: ppo; set online.objective: ppo or remove online.ppo.")
+        if self.samples_per_prompt < 2:
+            raise ValueError(f"online.samples_per_prompt is {self.samples_per_prompt}: REBEL regresses on pairs of "
+                             "responses to one prompt, so it needs 2 or more (PPO takes 1: online.objective: ppo).")
         pairs = self.prompts_per_iteration * (self.samples_per_prompt // 2)
         if self.minibatch_pairs > pairs:
             raise ValueError(
@@ -57,3 +98,13 @@ class OnlineConfig(Section):
     def pairs_per_iteration(self) -> int:
         """Samples are paired within a prompt: (1, 2), (3, 4), …"""
         return self.prompts_per_iteration * (self.samples_per_prompt // 2)
+
+    def items_per_iteration(self) -> int:
+        """What an iteration's passes go over: REBEL's pairs, or PPO's responses."""
+        if self.objective == "ppo":
+            return self.prompts_per_iteration * self.samples_per_prompt
+        return self.pairs_per_iteration()
+
+    def minibatch(self) -> int:
+        """Items (pairs or responses) per optimizer update."""
+        return self.ppo.minibatch_responses if self.objective == "ppo" else self.minibatch_pairs

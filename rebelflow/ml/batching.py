@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rebelflow.losses import masked_nll, preference_loss, rebel_loss, sequence_logps
+from rebelflow.losses import masked_nll, preference_loss, rebel_loss, sequence_logps, token_logps
 
 
 def pad_right(seqs: Iterable[list[int]], value: int) -> torch.Tensor:
@@ -38,6 +38,31 @@ def batch_logps(model, ids: list[list[int]], masks: list[list[int]], temperature
     """Summed log-probabilities (B,) of the masked tokens of each sequence, right-padded per batch."""
     out, input_ids = pad_and_forward(model, ids, pad_id)
     return sequence_logps(out.logits, input_ids, pad_right(masks, 0).to(input_ids.device), temperature)
+
+
+def per_token(padded: torch.Tensor, masks: list[list[int]]) -> list[torch.Tensor]:
+    """Each row's entries at its trained tokens, from a (B, T - 1) tensor of next-token positions (entry t
+    is token t + 1's, as `losses.token_logps` lays them out)."""
+    return [row[: len(m) - 1][torch.tensor(m[1:], dtype=torch.bool, device=row.device)]
+            for row, m in zip(padded, masks, strict=True)]
+
+
+def laid_out(values: list[list[float]], masks: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+    """The inverse of `per_token`: each row's per-token values placed at its trained tokens' positions in a
+    zero (B, T - 1) tensor shaped like `like`."""
+    out = torch.zeros_like(like, dtype=torch.float32)
+    for i, (v, m) in enumerate(zip(values, masks, strict=True)):
+        if v:
+            out[i, : len(m) - 1][torch.tensor(m[1:], dtype=torch.bool, device=out.device)] = torch.tensor(
+                v, dtype=out.dtype, device=out.device)
+    return out
+
+
+def batch_token_logps(model, ids: list[list[int]], masks: list[list[int]], temperature: float,
+                      pad_id: int) -> list[torch.Tensor]:
+    """Per sequence, the log-probabilities of its masked tokens in order (what `batch_logps` sums)."""
+    out, input_ids = pad_and_forward(model, ids, pad_id)
+    return per_token(token_logps(out.logits, input_ids, temperature), masks)
 
 
 def pair_loss(model, rows: list[dict], eta: float, temperature: float, pad: int, objective: str = "rebel",

@@ -78,11 +78,12 @@ def engine_weights(model, trainable: str | int) -> list[tuple]:
     return [(n, p.detach()) for n, p in model.named_parameters() if trainable == "all" or p.requires_grad]
 
 
-def peft_config(lora):
+def peft_config(lora, task_type: str | None = "CAUSAL_LM"):
+    """peft's LoRA settings; task_type None for a bare backbone (a PPO value model's)."""
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-                      task_type="CAUSAL_LM")
+                      task_type=task_type)
 
 
 def save_policy(accelerator, model, state: dict, tokenizer, out_dir: Path, lora_base: tuple | None = None) -> None:

@@ -1,7 +1,8 @@
 """The arithmetic of an online iteration (REFERENCE: "REBEL, online"), pure and small so each piece is
 checked by hand: cutting a response after its first end-of-turn, the KL of a response against the
 reference, the shaped reward with the no-end-of-turn penalty, the adaptive KL coefficient, pairs within a
-prompt, and the learning rate over a campaign's updates."""
+prompt, the learning rate over a campaign's updates, and PPO's per-token rewards, whitening and
+generalised advantage estimation (REFERENCE: "PPO baseline (TL;DR)")."""
 
 from __future__ import annotations
 
@@ -67,3 +68,45 @@ def learning_rate(update: int, total: int, lr: float, schedule: str, warmup_rati
         return lr * update / warmup
     progress = (update - 1 - warmup) / max(1, total - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def token_rewards(token_kl: torch.Tensor, score: float, kl_coef: float) -> torch.Tensor:
+    """PPO's reward of each token of a reply: −kl_coef · (log π_old − log π_ref) of that token, and the
+    reply's score (penalised and scaled as `shaped_rewards` does) added at its last token, the end-of-turn
+    (or where a reply without one was cut). They sum to the reply's shaped reward."""
+    rewards = -kl_coef * token_kl
+    rewards[-1] += score
+    return rewards
+
+
+def whiten(values: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(values − mean) / std over all entries (the population variance, + 1e-8); shift_mean=False adds the
+    mean back, so only the scale changes (how the reference whitens rewards)."""
+    mean, var = values.mean(), values.var(unbiased=False)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Generalised advantage estimates of one reply's tokens: A_t = δ_t + γλ A_{t+1}, δ_t = r_t + γ V_{t+1} − V_t,
+    with V after the last token 0 (the episode ends there)."""
+    advantages = torch.zeros_like(rewards)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        following = values[t + 1] if t + 1 < len(rewards) else 0.0
+        running = rewards[t] + gamma * following - values[t] + gamma * lam * running
+        advantages[t] = running
+    return advantages
+
+
+def ppo_targets(rewards: list[torch.Tensor], values: list[torch.Tensor], gamma: float, lam: float,
+                whiten_rewards: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Advantages and returns of an iteration's replies (one tensor per reply, over its tokens): rewards
+    whitened over all the batch's tokens (scale only) when asked, GAE per reply, returns = advantages +
+    values, then the advantages whitened over all tokens."""
+    lengths = [len(r) for r in rewards]
+    if whiten_rewards:
+        rewards = list(torch.split(whiten(torch.cat(rewards), shift_mean=False), lengths))
+    advantages = [gae(r, v, gamma, lam) for r, v in zip(rewards, values, strict=True)]
+    returns = [a + v for a, v in zip(advantages, values, strict=True)]
+    return list(torch.split(whiten(torch.cat(advantages)), lengths)), returns

@@ -115,7 +115,7 @@ class Optimization:
 
 def updates_per_iteration(cfg: OnlineConfig) -> int:
     """Per pass, one update per minibatch; a last, partial one counts (it steps with its share)."""
-    return cfg.epochs_per_iteration * -(-cfg.pairs_per_iteration() // cfg.minibatch_pairs)
+    return cfg.epochs_per_iteration * -(-cfg.items_per_iteration() // cfg.minibatch())
 
 
 def micro_batches_per_update(minibatch_pairs: int, micro_batch_pairs: int, ranks: int) -> int:
@@ -168,7 +168,7 @@ class OnlineLoop:
                               f"over {self.ranks} processes: make it a multiple of {self.ranks}.")
         self.gather_to_sample = gather_to_sample
         self.group = None if self.ranks == 1 else Ranks(self.rank, self.ranks)
-        self.micros = micro_batches_per_update(cfg.minibatch_pairs, opt.micro_batch_pairs, self.ranks)
+        self.micros = micro_batches_per_update(cfg.minibatch(), opt.micro_batch_pairs, self.ranks)
         accelerator.gradient_accumulation_steps = self.micros  # before prepare: DeepSpeed takes it from there
         self.reference, self.rollouts, self.score, self.prompts = reference, rollouts, score, prompts
         self.validation = list(validation)[: cfg.validation_prompts]
@@ -213,6 +213,10 @@ class OnlineLoop:
 
     def kl_coef(self) -> float:
         return self.kl.value if self.kl is not None else self.cfg.kl_coef
+
+    def policy(self):
+        """The policy being trained, unwrapped (what samples, what is pushed to an engine and saved)."""
+        return self.accelerator.unwrap_model(self.model)
 
     def run(self, checkpoint_dir: Path, shards, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
         """All iterations of the round; `shards` keeps the rollouts: has(i), read(i), write(i, rows) (None on
@@ -357,24 +361,32 @@ class OnlineLoop:
                           for c in split(rows, self.opt.micro_batch_pairs * 2)])
 
     def regress(self, rows: list[dict], iteration: int) -> dict[str, float]:
-        """`epochs_per_iteration` passes over the iteration's pairs (a fresh seeded permutation each), one
-        optimizer update per minibatch; pairs with an invalid score are left out."""
+        """`epochs_per_iteration` regression passes over the iteration's pairs; pairs with an invalid score are
+        left out."""
         samples = self.rollouts.samples
         pairs = [pair_row(rows[a], rows[b]) for a, b in pairs_within_prompts(len(rows) // samples, samples)]
         pairs = [p for p in pairs if p is not None]
+        out = self.passes(pairs, iteration, lambda chunk: pair_loss(self.model, chunk, self.opt.eta,
+                                                                    self.opt.temperature, self.pad), METRICS)
+        return {**out, "pairs": len(pairs)}
+
+    def passes(self, items: list[dict], iteration: int, loss_of, keys: tuple[str, ...]) -> dict[str, float]:
+        """`epochs_per_iteration` passes over `items` (a fresh seeded permutation each), one optimizer update
+        per minibatch of `online.minibatch()` items; `loss_of(micro-batch)` gives (loss, metrics). Returns the
+        means of `keys` over the updates, the updates and the last learning rate."""
         self.model.train()
         sums: dict[str, float] = {}
-        updates = 0
+        updates, size = 0, self.cfg.minibatch()
         for epoch in range(self.cfg.epochs_per_iteration):
-            order = list(range(len(pairs)))
+            order = list(range(len(items)))
             random.Random(self.cfg.seed * 7919 + iteration * 31 + epoch + 104_729 * self.opt.first_update).shuffle(order)
-            for start in range(0, len(order), self.cfg.minibatch_pairs):
-                metrics = self._update([pairs[i] for i in order[start:start + self.cfg.minibatch_pairs]])
+            for start in range(0, len(order), size):
+                metrics = self._update([items[i] for i in order[start:start + size]], loss_of, keys)
                 updates += 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
         out = {k: v / max(1, updates) for k, v in sums.items()}
-        out.update(updates=updates, pairs=len(pairs), lr=self.scheduler.get_last_lr()[0])
+        out.update(updates=updates, lr=self.scheduler.get_last_lr()[0])
         return out
 
     def micro_batches(self, minibatch: list[dict]) -> list[tuple[list[dict], int]]:
@@ -384,25 +396,25 @@ class OnlineLoop:
         out = [(c, len(c)) for c in chunks]
         return out + [(minibatch[:1], 0)] * (self.micros - len(out))
 
-    def _update(self, minibatch: list[dict]) -> dict[str, float]:
+    def _update(self, minibatch: list[dict], loss_of, keys: tuple[str, ...]) -> dict[str, float]:
         """One optimizer update on a minibatch, its gradient accumulated over micro-batches and summed over
-        the ranks. The loss is a mean over the minibatch's pairs, so each micro-batch's mean loss is weighted
-        by its share of `minibatch_pairs` (a partial last minibatch steps with its share), times the
-        micro-batches and ranks that accelerate and the gradient exchange average over."""
+        the ranks. The loss is a mean over the minibatch's items (pairs or responses), so each micro-batch's
+        mean loss is weighted by its share of `online.minibatch()` (a partial last minibatch steps with its
+        share), times the micro-batches and ranks that accelerate and the gradient exchange average over."""
         accelerator = self.accelerator
-        sums = torch.zeros(len(METRICS) + 1, dtype=torch.float64, device=accelerator.device)
+        sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=accelerator.device)
         for chunk, weight in self.micro_batches(minibatch):
             with accelerator.accumulate(self.model):
-                loss, got = pair_loss(self.model, chunk, self.opt.eta, self.opt.temperature, self.pad)
-                accelerator.backward(loss * (weight * self.micros * self.ranks / self.cfg.minibatch_pairs))
-                sums += torch.tensor([got[k] * weight for k in METRICS] + [weight], dtype=torch.float64,
+                loss, got = loss_of(chunk)
+                accelerator.backward(loss * (weight * self.micros * self.ranks / self.cfg.minibatch()))
+                sums += torch.tensor([got[k] * weight for k in keys] + [weight], dtype=torch.float64,
                                      device=accelerator.device)
                 if accelerator.sync_gradients:
                     self._step()
         if self.ranks > 1:
             sums = accelerator.reduce(sums, "sum")
         self.scheduler.step()
-        return {k: v / max(1.0, sums[-1].item()) for k, v in zip(METRICS, sums.tolist(), strict=False)}
+        return {k: v / max(1.0, sums[-1].item()) for k, v in zip(keys, sums.tolist(), strict=False)}
 
     def _step(self) -> None:
         """The optimizer step at the end of an update's accumulation: through the fp32 copies when the

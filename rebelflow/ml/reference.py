@@ -7,7 +7,8 @@
 - everything: a frozen full copy.
 
 `Reference.logps(ids, masks, temperature, pad_id)` gives summed log-probabilities like
-`batching.batch_logps`, without gradients; call it with the policy in eval mode (the top-k reference
+`batching.batch_logps`, and `token_logps` the per-token ones (PPO's KL per token), without gradients; call
+them with the policy in eval mode (the top-k reference
 shares the policy's bottom modules, so it follows the policy's mode).
 """
 
@@ -18,7 +19,7 @@ import copy
 
 import torch
 
-from rebelflow.ml.batching import batch_logps
+from rebelflow.ml.batching import batch_logps, batch_token_logps
 
 FINAL_NORMS = ("norm", "final_layer_norm", "ln_f")  # Llama/Mistral/Qwen, GPT-NeoX, GPT-2 style
 
@@ -29,9 +30,17 @@ class Reference:
 
     @torch.no_grad()
     def logps(self, ids: list[list[int]], masks: list[list[int]], temperature: float, pad_id: int) -> torch.Tensor:
-        adapters_off = self.model.disable_adapter() if self.disabled_adapters else contextlib.nullcontext()
-        with adapters_off:
+        with self._adapters_off():
             return batch_logps(self.model, ids, masks, temperature, pad_id)
+
+    @torch.no_grad()
+    def token_logps(self, ids: list[list[int]], masks: list[list[int]], temperature: float,
+                    pad_id: int) -> list[torch.Tensor]:
+        with self._adapters_off():
+            return batch_token_logps(self.model, ids, masks, temperature, pad_id)
+
+    def _adapters_off(self):
+        return self.model.disable_adapter() if self.disabled_adapters else contextlib.nullcontext()
 
 
 def make_reference(policy, trainable: str | int, initial=None) -> Reference:

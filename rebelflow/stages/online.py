@@ -6,7 +6,8 @@ takes the updated weights after every iteration (and sleeps between generations 
 processes (train.launcher: accelerate, DDP or ZeRO) each rank samples its share of the prompts on its own
 engine (transformers, or a vLLM engine per rank); the main process writes the artifact. With a dialogue section each prompt gives two dialogues branched at
 a turn h (REFUEL setting two, user turns from the data): the trained reply is turn h's, the reward the
-whole dialogue's.
+whole dialogue's. With `online.objective: ppo` the update is PPO's, with a value model beside the policy (ml.ppo);
+the value model is saved in the artifact (value/) and the next PPO round starts from it.
 
 Inputs: the round's prompts, the round's starting policy, and (from round 2 on) the campaign's starting
 policy, which the KL term's reference is. The artifact is the policy after the round (model/), every
@@ -38,6 +39,16 @@ from rebelflow.ml.distributed import (
 from rebelflow.ml.driver import write_model
 from rebelflow.ml.models import device, engine_weights, load_causal_lm, set_trainable
 from rebelflow.ml.online_loop import OnlineLoop, Optimization, SingleTurn, micro_batches_per_update
+from rebelflow.ml.ppo import (
+    PolicyAndValue,
+    PPOLoop,
+    ValueModel,
+    critic_from_policy,
+    critic_from_reward,
+    load_value_state,
+    save_value_state,
+    set_critic_trainable,
+)
 from rebelflow.ml.reference import make_reference
 from rebelflow.ml.tracking import Tracker
 from rebelflow.stages import generate_dialogues
@@ -53,6 +64,9 @@ SCHEMA = pa.schema([
     ("kl", pa.float64()), ("reward", pa.float64()),
     ("dialogue", pa.list_(MESSAGE)), ("branch_turn", pa.int64()), ("invalid", pa.string()),
 ])
+# PPO's rollouts also keep, per reply token, π_old's log-probability, the value and the reward
+PPO_SCHEMA = SCHEMA.append(pa.field("token_logp_old", pa.list_(pa.float64()))).append(
+    pa.field("token_values", pa.list_(pa.float64()))).append(pa.field("token_rewards", pa.list_(pa.float64())))
 
 
 class Settings(Section):
@@ -95,12 +109,19 @@ class Settings(Section):
     dialogue: generate_dialogues.Settings | None = None
     tracking: dict | None = None
 
+    def unhashed(self) -> dict:
+        """Only the objective's own settings make the weights: REBEL rounds keep the fingerprints they had
+        before PPO existed, and PPO rounds ignore η and the pair minibatch."""
+        online = {**self.UNHASHED["online"],
+                  **({"objective": True, "ppo": True} if self.online.objective == "rebel" else {"minibatch_pairs": True})}
+        return {**self.UNHASHED, "online": online, **({"eta": True} if self.online.objective == "ppo" else {})}
+
 
 class Shards:
     """The rollouts of each iteration as one shard of the artifact being written."""
 
-    def __init__(self, writer: ArtifactWriter):
-        self.w = writer
+    def __init__(self, writer: ArtifactWriter, schema: pa.Schema = SCHEMA):
+        self.w, self.schema = writer, schema
 
     def has(self, i: int) -> bool:
         return self.w.has_shard("train", i)
@@ -109,7 +130,7 @@ class Shards:
         return self.w.read_shard("train", i).to_pylist()
 
     def write(self, i: int, rows: list[dict]) -> None:
-        self.w.write_shard("train", i, rows, SCHEMA)
+        self.w.write_shard("train", i, rows, self.schema)
 
 
 def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: ArtifactRef, store: Store) -> ArtifactRef:
@@ -137,14 +158,21 @@ def run(settings: Settings, prompts: ArtifactRef, policy: ArtifactRef, *more: Ar
     # the main process writes the artifact (shards as the round goes); every process checkpoints beside it
     with store.writer(ref, VERSION, hashed_settings(settings), inputs) if main else nullcontext() as w:
         checkpoints = store.root / ".partial" / ref.id / "checkpoints"
-        history = loop.run(checkpoints, Shards(w) if main else None, say=lambda line: print(line, flush=True))
+        schema = PPO_SCHEMA if settings.online.objective == "ppo" else SCHEMA
+        history = loop.run(checkpoints, Shards(w, schema) if main else None, say=lambda line: print(line, flush=True))
         weights = loop.accelerator.get_state_dict(loop.model)  # collective: ZeRO-3 gathers the 16-bit weights
+        if main and settings.online.objective == "ppo":  # the policy's weights, the value model's beside them
+            parts = {part: {k[len(part) + 1:]: v for k, v in weights.items() if k.startswith(part + ".")}
+                     for part in ("policy", "critic")}
+            weights = parts["policy"]
+            save_value_state(parts["critic"], w.tmp)
         if main:
             for row in history:
                 tracker.log(row, step=int(row["iteration"]))
             lora = (path, settings.dtype, settings.lora) if settings.trainable == "lora" else None
-            summary = {**_summary(history), "processes": loop.ranks, "deepspeed ZeRO stage": zero_stage(loop.accelerator)}
-            write_model(w, loop.accelerator, loop.model, weights, tokenizer, history, summary, _CARD, lora)
+            summary = {"objective": settings.online.objective, **_summary(history), "processes": loop.ranks,
+                       "deepspeed ZeRO stage": zero_stage(loop.accelerator)}
+            write_model(w, loop.accelerator, loop.policy(), weights, tokenizer, history, summary, _CARD, lora)
             tracker.finish(summary)
     if hasattr(engine, "close"):  # a vLLM engine in this process: before the process group ends
         if torch.distributed.is_initialized():
@@ -175,7 +203,7 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     # after loading (under ZeRO-3 an accelerator would have the models load partitioned, and the reference
     # would copy empty layers), before any vLLM engine: over several processes it makes the process group
     # each rank's engine joins
-    micros = micro_batches_per_update(settings.online.minibatch_pairs, settings.micro_batch_pairs, world_size())
+    micros = micro_batches_per_update(settings.online.minibatch(), settings.micro_batch_pairs, world_size())
     accelerator = make_accelerator(micros, settings.micro_batch_pairs, settings.max_grad_norm)
     engine = _engine(settings, path, policy, model, tokenizer)
     reward = load_reward(settings.reward)
@@ -200,17 +228,34 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
 
         rollouts = Dialogues(settings.dialogue, engine, load_user(settings.dialogue.user), tokenizer)
     opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
-    loop = OnlineLoop(settings.online, opt, accelerator, model, tokenizer, reference, rollouts, score,
-                      conversations, held_out, settings.max_invalid_fraction, gather_to_sample=settings.engine == "hf")
+    trained, kind = model, OnlineLoop
+    if settings.online.objective == "ppo":
+        trained, kind = PolicyAndValue(model, _critic(settings, path, policy, reward, tokenizer).to(device())), PPOLoop
+    loop = kind(settings.online, opt, accelerator, trained, tokenizer, reference, rollouts, score,
+                conversations, held_out, settings.max_invalid_fraction, gather_to_sample=settings.engine == "hf")
     if settings.engine == "vllm":
         def push() -> None:
-            unwrapped = accelerator.unwrap_model(loop.model)
+            unwrapped = loop.policy()
             pushed = None if settings.trainable in ("all", "lora") else [p for p in unwrapped.parameters() if p.requires_grad]
             with full_weights(accelerator, unwrapped, pushed):  # ZeRO-3: what is pushed, gathered on each rank
                 engine.push(engine_weights(unwrapped, settings.trainable))
 
         loop.after_update, loop.after_sampling = push, engine.rest
     return loop, tokenizer, path, engine
+
+
+def _critic(settings: Settings, path: str, policy: ArtifactRef, reward, tokenizer) -> ValueModel:
+    """PPO's value model: the one the previous PPO round saved beside its policy, else a new one from the
+    policy's checkpoint or the reward model (online.ppo.value_init)."""
+    if settings.online.ppo.value_init == "reward":
+        critic = critic_from_reward(reward, tokenizer, settings.dtype)
+    else:
+        critic = critic_from_policy(load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision),
+                                    settings.dtype)
+    critic = set_critic_trainable(critic, settings.trainable, settings.lora)
+    if load_value_state(critic, path):
+        print(f"the value model continues from the previous round's ({policy.id[:12]})", flush=True)
+    return critic
 
 
 def _engine(settings: Settings, path, policy: ArtifactRef, model, tokenizer):
@@ -277,9 +322,12 @@ def _summary(history: list[dict]) -> dict:
         "last score": round(last["score"], 5),
         "last kl": round(last["kl"], 5),
         "last penalty rate": round(last["penalty_rate"], 5),
+        **({"first value loss": round(first["value_loss"], 5), "last value loss": round(last["value_loss"], 5)}
+           if "value_loss" in last else {}),
         "first val_score": round(validated[0]["val_score"], 5) if validated else None,
         "last val_score": round(validated[-1]["val_score"], 5) if validated else None,
-        "curve": curve(history, ("iteration", "score", "reward", "kl", "penalty_rate", "loss", "val_score", "lr")),
+        "curve": curve(history, ("iteration", "score", "reward", "kl", "penalty_rate", "loss", "value_loss", "val_score",
+                                 "lr")),
     }
 
 
