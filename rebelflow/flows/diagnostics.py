@@ -25,7 +25,9 @@ def diagnose(manifests: dict[str, dict[str, Any]]) -> list[str]:
     out += _targets(get.get("prepare", {}), settings.get("train", {}))
     out += _signs(get.get("train", {}), settings.get("train", {}))
     out += _kl(get.get("online", {}), settings.get("online", {}))
-    out += _evaluation(get.get("evaluate", {}))
+    rebel = (settings.get("train", {}).get("objective", "rebel") == "rebel"
+             and (settings.get("online", {}).get("online") or {}).get("objective", "rebel") == "rebel")
+    out += _evaluation(get.get("evaluate", {}), "train.lr or train.eta" if rebel else "train.lr")
     return out
 
 
@@ -88,10 +90,9 @@ def _kl(online: dict, settings: dict) -> list[str]:
     return []
 
 
-def _evaluation(evaluate: dict) -> list[str]:
+def _evaluation(evaluate: dict, knobs: str) -> list[str]:
     win = evaluate.get("win_rate")
     if win is None or win >= 0.5:
         return []
     return [f"the round's policy loses to the starting policy on the held-out prompts (win rate {win:.2f}): "
-            "training moved it the wrong way. Check the reward on a few replies by hand, and try a smaller "
-            "train.lr or train.eta."]
+            f"training moved it the wrong way. Check the reward on a few replies by hand, and try a smaller {knobs}."]

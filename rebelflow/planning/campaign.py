@@ -298,9 +298,10 @@ def online_note(cfg: RunConfig, summary: dict | None) -> str:
 
     o = cfg.online
     if summary is None or not summary.get("curve"):
-        kind = "2 dialogues branched at turn h" if cfg.dialogue is not None else f"{o.samples_per_prompt} samples"
+        n = o.samples_per_prompt
+        kind = "2 dialogues branched at turn h" if cfg.dialogue is not None else f"{n} sample{'s' * (n != 1)}"
         return (f"{o.iterations} iterations: {o.prompts_per_iteration} prompts × {kind}, "
-                f"{updates_per_iteration(o)} updates each")
+                f"{updates_per_iteration(o)} {'PPO ' * (o.objective == 'ppo')}updates each")
     return curve_text(summary)
 
 

@@ -190,6 +190,8 @@ def rehearse_sizes(r: Rehearsal, cfg: RunConfig) -> None:
                   ("online.samples_per_prompt", o.samples_per_prompt, 2), ("online.minibatch_pairs", o.minibatch_pairs, 2),
                   ("online.checkpoint_every", o.checkpoint_every, 2), ("online.validate_every", o.validate_every, 2),
                   ("online.validation_prompts", o.validation_prompts, 4)]
+        if o.ppo is not None:
+            sizes.append(("online.ppo.minibatch_responses", o.ppo.minibatch_responses, 2))
     if isinstance(cfg.train.trainable, int):
         sizes.append(("train.trainable", cfg.train.trainable, 1,
                       "the stand-ins have 2 layers: the top one trains, the one below stays frozen (and shared with "

@@ -1,4 +1,5 @@
-"""Kill -9 at a random point of a stage (generate, multi-turn generate, score, logprobs, train, sft, online), then run it again: the artifact it finishes is byte-identical to
+"""Kill -9 at a random point of a stage (generate, multi-turn generate, score, logprobs, train, sft, online with
+REBEL and with PPO), then run it again: the artifact it finishes is byte-identical to
 an uninterrupted run's (every data and model file), and no stage process survives the kill.
 
 The launcher (a separate process, as a flow would be) is killed at a seeded random fraction of the stage's
@@ -36,6 +37,10 @@ CASES = {
     "online": ("prompts", {"online": {"iterations": 8, "prompts_per_iteration": 4, "minibatch_pairs": 2,
                                       "checkpoint_every": 2, "validate_every": 4, "validation_prompts": 4},
                            "train": {"launcher": {"kind": "subprocess"}}, "stop_after": "train"}),
+    "online-ppo": ("prompts", {"online": {"objective": "ppo", "iterations": 8, "prompts_per_iteration": 4,
+                                          "samples_per_prompt": 1, "checkpoint_every": 2, "validate_every": 4,
+                                          "validation_prompts": 4, "ppo": {"minibatch_responses": 2}},
+                               "train": {"launcher": {"kind": "subprocess"}}, "stop_after": "train"}),
     "dialogues": ("prompts", {"generate": {"launcher": {"kind": "subprocess"}, "shard_size": 2, "batch_size": 2},
                               "dialogue": {"turns": 2, "user": {"kind": "scripted",
                                                                 "function": "rebelflow.users.examples:addition_quiz"}}}),
@@ -45,7 +50,7 @@ CASES = {
 def data_hashes(store, ref) -> dict[str, str]:
     """sha256 of every data and model file (the card and manifest hold the time they were made)."""
     files = store.manifest(ref)["files"]
-    return {name: entry["sha256"] for name, entry in files.items() if name.startswith(("data/", "model/"))}
+    return {name: entry["sha256"] for name, entry in files.items() if name.startswith(("data/", "model/", "value/"))}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -62,8 +67,8 @@ def test_a_killed_stage_finishes_byte_identical(tmp_path, prompts_file, tiny_pol
             update={"model": tiny_policy})})).jobs if j.name == "sft")
     else:
         store, refs, policy = run_round(cfg, tiny_policy, upto=before)
-        step = "generate" if case == "dialogues" else case
-        stop = {"stop_after": "train"} if case == "online" else {"stop_after": step}
+        step = {"dialogues": "generate", "online-ppo": "online"}.get(case, case)
+        stop = {"stop_after": "train"} if step == "online" else {"stop_after": step}
         job = getattr(round_plan(cfg.model_copy(update=stop), 1, policy, Baseline()), step)
     started = time.time()
     assert launch(job, store, emit=lambda line: None) == job.ref  # uninterrupted

@@ -70,3 +70,42 @@ def test_objective_settings_are_checked_before_any_work():
         TrainConfig(objective="raft", reference="initial")
     assert train.Settings(**TrainConfig(objective="raft").model_dump(), temperature=0.7,
                           attn_implementation="eager").unhashed() >= {"eta", "beta", "temperature"}
+
+
+
+def online_jobs(tmp_path, *sets: str, preset: str = "demo-online.yaml"):
+    cfg = load_config(REPO / "configs" / preset, list(sets), store=str(tmp_path / "store"))
+    return {(j.name, j.round): j for j in campaign_jobs(cfg)}
+
+
+def test_ppo_online_rounds_share_the_baseline_and_fingerprint_only_their_own_settings(tmp_path):
+    rebel = online_jobs(tmp_path)
+    ppo = online_jobs(tmp_path, "online.objective=ppo", "online.samples_per_prompt=1")
+    for name in ("sft", "eval_generate", "eval_score"):  # round 0: the starting policy and its evaluation
+        assert rebel[name, 0].ref == ppo[name, 0].ref
+    assert rebel["prompts", 1].ref == ppo["prompts", 1].ref
+    assert rebel["online", 1].ref != ppo["online", 1].ref
+    # η and the pair minibatch are REBEL's: a PPO round does not run again when they change
+    same = online_jobs(tmp_path, "online.objective=ppo", "online.samples_per_prompt=1", "train.eta=5",
+                       "online.minibatch_pairs=4")
+    assert same["online", 1].ref == ppo["online", 1].ref
+    other = online_jobs(tmp_path, "online.objective=ppo", "online.samples_per_prompt=1", "online.ppo.vf_coef=0.5")
+    assert other["online", 1].ref != ppo["online", 1].ref
+
+
+def test_ppo_settings_are_checked_before_any_work(tmp_path):
+    from pydantic import ValidationError
+
+    from rebelflow.config.errors import ConfigError
+    from rebelflow.config.online import OnlineConfig
+
+    with pytest.raises(ValidationError, match="samples_per_prompt is 1: REBEL regresses on pairs"):
+        OnlineConfig(iterations=1, samples_per_prompt=1)
+    with pytest.raises(ValidationError, match="online.ppo configures objective: ppo"):
+        OnlineConfig(iterations=1, ppo={"vf_coef": 0.5})
+    with pytest.raises(ValidationError, match=r"minibatch_responses \(64\) is more than an iteration's responses \(32"):
+        OnlineConfig(iterations=1, objective="ppo", samples_per_prompt=1, ppo={"minibatch_responses": 64})
+    with pytest.raises(ConfigError, match="value_init: reward copies the reward model .* not 'rule'"):
+        online_jobs(tmp_path, "online.objective=ppo", "online.ppo.value_init=reward")
+    with pytest.raises(ConfigError, match="online.objective: ppo trains single replies"):  # REFUEL's rounds are REBEL's
+        online_jobs(tmp_path, "online.objective=ppo", preset="refuel-hh-online.yaml")
