@@ -179,15 +179,21 @@ ONLINE = {"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 3, "ep
 TWO_RANKS = pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two ranks need two GPUs (or none: gloo on CPU)")
 
 
+PPO = {**ONLINE, "objective": "ppo", "samples_per_prompt": 1, "ppo": {"minibatch_responses": 3}}
+
+
 @TWO_RANKS
-@pytest.mark.parametrize("launcher", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize(("launcher", "objective"), [("ddp", "rebel"), ("zero2", "rebel"), ("zero3", "rebel"),
+                                                     ("zero3", "ppo")])
 def test_an_online_round_over_two_ranks_samples_its_share_and_updates_as_one_process(tmp_path, prompts_file, policy,
-                                                                                     launcher):
+                                                                                     launcher, objective):
     """One process, then two ranks (DDP over gloo, ZeRO-2, ZeRO-3): the two ranks sample the iteration's
     prompts in equal shares (ZeRO-3 generating on gathered weights); given the one process's rollouts, they
     end at its weights (each minibatch of 3 pairs and the partial one of 1 shared out in micro-batches of 1
-    pair, a rank short of pairs running one with weight 0)."""
-    cfg = make_config(tmp_path, prompts_file, policy={"model": policy}, online=ONLINE, stop_after="train",
+    pair, a rank short of pairs running one with weight 0). PPO alike, with 3 responses per minibatch, its
+    value model included."""
+    online = ONLINE if objective == "rebel" else PPO
+    cfg = make_config(tmp_path, prompts_file, policy={"model": policy}, online=online, stop_after="train",
                       train={"lr": 3e-3, "eta": 2.0, "micro_batch_pairs": 1, "launcher": {"kind": "subprocess"}})
     store, refs, policy_ref = run_round(cfg, policy, upto="prompts")
     job = round_plan(cfg, 1, policy_ref, Baseline(eval_prompts=refs["prompts"])).online  # validation: 3 of them
@@ -223,6 +229,13 @@ def test_an_online_round_over_two_ranks_samples_its_share_and_updates_as_one_pro
     assert sum(not torch.equal(start[k], one[k]) for k in one) >= len(one) // 2
     for k in one:
         assert torch.allclose(got[k], one[k], atol=2e-5), (k, (got[k] - one[k]).abs().max().item())
+    if objective == "ppo":
+        one_value = load_file(tmp_path / "one-process" / "value/model.safetensors")
+        got_value = load_file(store.path(two.ref) / "value/model.safetensors")
+        assert one_value.keys() == got_value.keys()
+        for k in one_value:  # reduction order over the ranks: up to ~3e-5 here (an update moves weights by ~lr, 3e-3)
+            gap = (got_value[k] - one_value[k]).abs().max().item()
+            assert gap < 1e-4, (k, gap)
 
 
 @TWO_RANKS

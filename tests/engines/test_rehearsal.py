@@ -77,15 +77,17 @@ def test_the_campaign_presets_rehearse_end_to_end(tmp_path, preset, rounds):
 @pytest.mark.deepspeed
 @pytest.mark.parametrize(("preset", "rounds"), [("rebel-chat-llama3-online.yaml", 2), ("refuel-hh-online.yaml", 1),
                                                 ("rebel-tldr-pythia-online.yaml", 1),
-                                                ("rebel-chat-openchat-online.yaml", 1)])
+                                                ("rebel-chat-openchat-online.yaml", 1),
+                                                ("ppo-tldr-pythia-online.yaml", 2)])
 def test_the_online_presets_rehearse_end_to_end(tmp_path, preset, rounds):
     """Online rounds through the accelerate launcher: top-layer training with the frozen-top-layers
     reference (Llama-3, OpenChat's Mistral) or LoRA with adapters off (TL;DR's Pythia, plain-text prompts,
     forced length), a classifier or value-head reward model (TL;DR's, Starling's layouts), checkpoints and
     validations; REFUEL setting two's dialogues from the data's user turns, evaluated per turn. Afterwards
     every stage is cached and the plan notes each online round's curves. The Llama-3 preset rehearses two
-    rounds (round 2 continues round 1's schedule from its model); the others one, to keep CI's deepspeed tier
-    within its time."""
+    rounds (round 2 continues round 1's schedule from its model), and so does TL;DR's PPO baseline (round 2's
+    value model continues round 1's, started from the value-head reward model); the others one, to keep CI's
+    deepspeed tier within its time."""
     store = tmp_path / "store"
     extra = ["--set", f"rounds={rounds}"] if rounds == 1 else []
     rehearse("run", preset, store, *extra)
@@ -100,6 +102,10 @@ def test_the_online_presets_rehearse_end_to_end(tmp_path, preset, rounds):
     assert [r["round"] for r in summary["rounds"]] == list(range(rounds + 1)) and len(summary["online"]) == 4 * rounds
     if "refuel" in preset:
         assert all(len(r["win_rate_by_turn"]) == 5 for r in summary["rounds"])
+    if preset.startswith("ppo"):  # each round saved its value model; round 2 started from round 1's
+        logs = "".join(p.read_text() for p in (store / "logs").glob("online-*.log"))
+        assert len(list((store / "artifacts").glob("online-*/value/model.safetensors"))) == rounds
+        assert "the value model continues from the previous round's" in logs
     assert_store_verifies(store)
 
 

@@ -21,7 +21,7 @@ from tests.conftest import REPO
 
 CAMPAIGN_PRESETS = ["rebel-llama3-armorm.yaml", "refuel-llama3-armorm.yaml", "rebel-chat-llama3-online.yaml",
                     "refuel-hh-online.yaml", "refuel-ultrainteract-online.yaml", "rebel-tldr-pythia-online.yaml",
-                    "rebel-chat-openchat-online.yaml"]
+                    "rebel-chat-openchat-online.yaml", "ppo-tldr-pythia-online.yaml"]
 RM_PRESETS = ["rm-llama3-bt.yaml", "rm-eval-fsfairx.yaml"]
 
 
