@@ -14,7 +14,7 @@ TIERS := -m "not slow and not vllm and not deepspeed and not gpu"
 # tensors, so two share a 2-core machine well (measured: 35 -> 26.5 min)
 TEST_WORKERS ?= 2
 
-.PHONY: demo demo-refuel demo-online demo-rm demo-compare test test-slow test-all test-vllm test-deepspeed vllm-env lint bench clean
+.PHONY: demo demo-refuel demo-online demo-online-compare demo-rm demo-compare test test-slow test-all test-vllm test-deepspeed vllm-env lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,14 @@ demo-compare: $(STAMP)
 	$(VENV)/bin/rebelflow run configs/demo-rebel.yaml --store $(STORE) $(DPO)
 	$(VENV)/bin/rebelflow run configs/demo-rebel.yaml --store $(STORE) $(RAFT)
 	$(VENV)/bin/rebelflow compare demo-rebel --store $(STORE)
+
+# online REBEL against PPO on the same task: PPO is a variant of demo-online (online.objective), one reply per
+# prompt, a value model from the policy's backbone; the SFT start and its evaluation come from the store.
+PPO ?= --set online.objective=ppo --set online.samples_per_prompt=1
+demo-online-compare: $(STAMP)
+	$(VENV)/bin/rebelflow run configs/demo-online.yaml --store $(STORE)
+	$(VENV)/bin/rebelflow run configs/demo-online.yaml --store $(STORE) $(PPO)
+	$(VENV)/bin/rebelflow compare demo-online --store $(STORE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(TIERS)

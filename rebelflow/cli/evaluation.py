@@ -97,9 +97,9 @@ def compare(
         print(json.dumps(rows, indent=1))
         return
     table = Table(title=f"runs compared · store {store} (round 0 = the starting policy)")
-    table.add_column("run", no_wrap=True)
-    for col in ("round", "policy reward", "baseline reward", "win rate vs baseline", "judge win rate"):
-        table.add_column(col, justify="right")
+    table.add_column("run", min_width=16, overflow="fold")  # a variant's label wraps at its overrides; the numbers keep their width
+    for col in ("round", "policy\nreward", "baseline\nreward", "win rate\nvs baseline", "judge\nwin rate"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(escape(r["run"]) if r["round"] == 0 or len(runs) == 1 else "", str(r["round"]), f"{r['reward']:.4f}",
                       f"{r['baseline_reward']:.4f}", f"{r['win_rate']:.3f}", judge_text(r))

@@ -80,23 +80,14 @@ def critic_from_policy(lm, dtype: str) -> ValueModel:
 
 
 def critic_from_reward(reward, policy_tokenizer, dtype: str) -> ValueModel:
-    """A copy of a reward model's backbone and head (classifier or value_head backends), in the trainer's
-    dtype. The value model reads the policy's token ids, so the two vocabularies must agree."""
-    from rebelflow.rewards.classifier import ClassifierReward
-    from rebelflow.rewards.value_head import ValueHeadReward
-
-    if isinstance(reward, ValueHeadReward):
-        backbone, head, offset = reward.model["backbone"], reward.model["head"], reward.offset
-    elif isinstance(reward, ClassifierReward):
-        model = reward.model
-        head = getattr(model, "score", None) or getattr(model, "classifier", None)
-        if not isinstance(head, torch.nn.Linear):
-            raise ConfigError("[online.ppo.value_init] the reward classifier's head is not one linear layer "
-                              "(score or classifier); use value_init: policy.")
-        backbone, offset = model.base_model, 0.0
-    else:
+    """A copy of a reward model's backbone and head (the backends with `value_parts()`: classifier and
+    value_head), in the trainer's dtype. The value model reads the policy's token ids, so the two
+    vocabularies must agree."""
+    parts = getattr(reward, "value_parts", None)
+    if parts is None:
         raise ConfigError("[online.ppo.value_init] reward starts the value model only for reward.backend classifier "
                           "or value_head (a transformer with a scalar head); use value_init: policy.")
+    backbone, head, offset = parts()
     check_vocabulary(policy_tokenizer, reward.tokenizer, backbone.get_input_embeddings().num_embeddings)
     return ValueModel(copy.deepcopy(backbone).to(DTYPES[dtype]), copy.deepcopy(head).to(DTYPES[dtype]), offset)
 

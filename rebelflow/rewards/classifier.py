@@ -84,6 +84,15 @@ class ClassifierReward:
         self.tokenizer = load_tokenizer(cfg)
         self.model = load_model(cfg, self.tokenizer.pad_token_id)
 
+    def value_parts(self) -> tuple[torch.nn.Module, torch.nn.Linear, float]:
+        """(backbone, head, offset 0): what a PPO value model started from this reward model copies — the
+        classifier's base model and its one-output linear head (`score` or `classifier`)."""
+        head = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
+        if not isinstance(head, torch.nn.Linear):
+            raise ConfigError("[online.ppo.value_init] the reward classifier's head is not one linear layer "
+                              "(score or classifier); use value_init: policy.")
+        return self.model.base_model, head, 0.0
+
     def score(self, items: list[tuple[list[Message], str]]) -> list[Reward]:
         dev = self.model.device
         return batched_scores(

@@ -97,6 +97,10 @@ class ValueHeadReward:
         if self.tokenizer.pad_token_id is None:  # the read-out follows the attention mask: any id pads
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
 
+    def value_parts(self) -> tuple[torch.nn.Module, torch.nn.Linear, float]:
+        """(backbone, head, offset): what a PPO value model started from this reward model copies."""
+        return self.model["backbone"], self.model["head"], self.offset
+
     def _offset(self, folder: Path) -> float:
         bias = self.cfg.value_head.bias
         if bias is None or isinstance(bias, float | int):

@@ -105,3 +105,22 @@ def test_per_token_values_round_trip_through_the_padded_layout():
     assert [r.tolist() for r in rows] == [[1.0, 2.0], [5.0, 6.0, 7.0, 8.0]]  # entry t is token t + 1's
     back = laid_out([r.tolist() for r in rows], masks, padded)
     assert back.tolist() == [[0, 1, 2, 0, 0], [5, 6, 7, 8, 0]]
+
+
+class Vocabulary:
+    def __init__(self, vocab: dict[str, int]):
+        self.vocab = vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+
+def test_a_value_model_from_a_reward_model_needs_the_policys_vocabulary():
+    from rebelflow.config.errors import ConfigError
+    from rebelflow.ml.ppo import check_vocabulary
+
+    check_vocabulary(Vocabulary({"a": 0, "b": 1, "[PAD]": 2}), Vocabulary({"a": 0, "b": 1}), 8)  # an added pad is fine
+    with pytest.raises(ConfigError, match="token 'a' is 0 for the policy and 1 for the reward model.*value_init: policy"):
+        check_vocabulary(Vocabulary({"a": 0, "b": 1}), Vocabulary({"a": 1, "b": 0}), 8)
+    with pytest.raises(ConfigError, match="the policy's id 5 has no embedding among the reward model's 5"):
+        check_vocabulary(Vocabulary({"a": 0, "b": 5}), Vocabulary({"a": 0}), 5)
