@@ -54,7 +54,8 @@ def campaign_summary(
     return summary
 
 
-ONLINE_KEYS = ("round", "iteration", "step", "score", "reward", "kl", "penalty_rate", "loss", "val_score", "kl_coef")
+ONLINE_KEYS = ("round", "iteration", "step", "score", "reward", "kl", "penalty_rate", "loss", "value_loss", "val_score",
+               "kl_coef")
 
 
 def online_curve(store: Store, online: list[tuple[int, ArtifactRef]]) -> list[dict[str, Any]]:
@@ -70,7 +71,8 @@ def online_curve(store: Store, online: list[tuple[int, ArtifactRef]]) -> list[di
 
 
 def plot_online(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Score, validation score, KL, no-end-of-turn rate and loss per iteration, rounds marked."""
+    """Score, validation score, KL, no-end-of-turn rate and loss (PPO: and value loss) per iteration, rounds
+    marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,6 +87,8 @@ def plot_online(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[1].plot(x, [r["kl"] for r in rows], color="tab:red", lw=1, label="KL per response")
     axes[1].plot(x, [r["penalty_rate"] for r in rows], color="tab:purple", lw=1, label="no end-of-turn")
     axes[2].plot(x, [r.get("loss", float("nan")) for r in rows], color="tab:gray", lw=1, label="loss")
+    if any("value_loss" in r for r in rows):  # PPO
+        axes[2].plot(x, [r.get("value_loss", float("nan")) for r in rows], color="tab:orange", lw=1, label="value loss")
     starts = [r["step"] for r in rows if r["iteration"] == 1][1:]
     for ax in axes:
         for s in starts:

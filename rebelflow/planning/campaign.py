@@ -313,7 +313,8 @@ def curve_text(summary: dict) -> str:
 def online_text(rows: list[dict]) -> str:
     """One line that says how an online stretch went: the first → last value of each curve."""
     parts = []
-    for key, label in (("score", "score"), ("kl", "KL"), ("penalty_rate", "no-end"), ("val_score", "val")):
+    for key, label in (("score", "score"), ("kl", "KL"), ("penalty_rate", "no-end"), ("val_score", "val"),
+                       ("value_loss", "value loss")):
         values = [r[key] for r in rows if r.get(key) is not None]
         if values:
             parts.append(f"{label} {values[0]:.3g}→{values[-1]:.3g}")
