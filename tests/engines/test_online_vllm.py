@@ -162,20 +162,24 @@ def test_zero3_ranks_push_their_gathered_weights_into_their_own_engines(policy, 
         assert r["got"] == r["want"] and r["want"] != r["start"], r
 
 
-def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, prompts_file, policy):  # noqa: F811
+@pytest.mark.parametrize("objective", ["rebel", "ppo"])
+def test_an_online_round_samples_with_vllm_in_its_training_process(tmp_path, prompts_file, policy, objective):  # noqa: F811
+    """REBEL, and PPO (one reply per prompt; its value model trains its top layer beside the policy's and only
+    the policy is pushed into the engine)."""
     launcher = {"kind": "subprocess", "env": "vllm"}
+    ppo = {"objective": "ppo", "samples_per_prompt": 1, "ppo": {"minibatch_responses": 2}} if objective == "ppo" else {}
     cfg = make_config(
         tmp_path, prompts_file, policy={"model": policy}, stop_after="train",
         generate={"engine": "vllm", "vllm": {**VLLM, "gpu_memory_utilization": 0.3}, "max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0},
         online={"iterations": 3, "prompts_per_iteration": 4, "minibatch_pairs": 2, "checkpoint_every": 2,
-                "validate_every": 3, "validation_prompts": 4},
+                "validate_every": 3, "validation_prompts": 4, **ppo},
         train={"launcher": launcher, "trainable": 1, "lr": 1e-2, "eta": 1.0},
         evaluate={"prompts": {"source": str(prompts_file), "id_column": "id", "per_round": 4}, "n": 2,
                   "max_new_tokens": 8, "launcher": launcher},
     )
     store, refs, _ = run_round(cfg, policy, upto="evaluate")
     rows = store.read_rows(refs["online"])
-    assert len(rows) == 3 * 4 * 2 and {r["iteration"] for r in rows} == {1, 2, 3}
+    assert len(rows) == 3 * 4 * (1 if objective == "ppo" else 2) and {r["iteration"] for r in rows} == {1, 2, 3}
     assert "vllm" in (store.root / "logs" / f"{refs['online'].id}.log").read_text().lower()
     assert all(abs(r["kl"]) < 1e-4 for r in rows if r["iteration"] == 1)  # π_old is the reference at first
     assert any(abs(r["kl"]) > 1e-3 for r in rows if r["iteration"] == 3)  # the pushed policy moved away from it
