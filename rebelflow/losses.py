@@ -109,22 +109,25 @@ def ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's loss over the trained tokens: the clipped policy loss plus vf_coef × the clipped value loss.
 
-    All arguments are (B, L), one entry per token position (mask 1 on the reply's tokens, 0 on padding):
-    the policy's log-probabilities now and at rollout, the advantages, the value model's predictions now and
-    at rollout, and the returns. With ratio = exp(logps - old_logps):
+    All arguments are (B, L), one row per reply, one entry per token position (mask 1 on the reply's tokens,
+    0 on padding): the policy's log-probabilities now and at rollout, the advantages, the value model's
+    predictions now and at rollout, and the returns. With ratio = exp(logps - old_logps):
 
     policy loss = mean of max(-A · ratio, -A · clip(ratio, 1 - cliprange, 1 + cliprange));
     value loss  = 0.5 · mean of max((V - R)², (V_clipped - R)²), V_clipped = old V + clip(V - old V, ±cliprange_value);
 
-    means over the masked tokens. Returns the scalar loss and metrics: loss, policy_loss, value_loss,
-    clip_fraction and value_clip_fraction (tokens where the clipped term is the larger one), approx_kl
-    (0.5 · mean (logps - old_logps)²) and the mean ratio.
+    each mean over a reply's tokens, then over the replies (rows without tokens left out): every reply counts
+    alike, however long, and a batch's loss does not depend on how it is cut into micro-batches. Returns the
+    scalar loss and metrics: loss, policy_loss, value_loss, clip_fraction and value_clip_fraction (tokens
+    where the clipped term is the larger one), approx_kl (0.5 · mean (logps - old_logps)²) and the mean ratio.
     """
     weights = mask.to(logps.dtype)
-    count = weights.sum().clamp(min=1.0)
+    tokens = weights.sum(-1)
+    replies = (tokens > 0).to(logps.dtype)
 
     def mean(x: torch.Tensor) -> torch.Tensor:
-        return (x * weights).sum() / count
+        per_reply = (x * weights).sum(-1) / tokens.clamp(min=1.0)
+        return (per_reply * replies).sum() / replies.sum().clamp(min=1.0)
 
     diff = logps - old_logps
     ratio = torch.exp(diff)

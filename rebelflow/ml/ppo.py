@@ -12,9 +12,11 @@ baseline on the same prompts, reward and sampling, so that only the update diffe
   iteration's shard, so a resumed round reads them back. Before the passes: rewards whitened over the
   batch (scale only), GAE (γ, λ), returns = advantages + values, advantages whitened (`ml.online`).
 - Differences from the seed's script, on purpose: replies are cut after their end-of-turn and the losses
-  average over the reply's tokens only (the script also averages over the positions generated after the
-  end-of-turn, which its truncation discards); a micro-batch's losses weigh by its share of the minibatch's
-  responses, as REBEL's pairs do.
+  average over each reply's tokens, then over the replies (the script generates a fixed 53 tokens and also
+  averages over the positions after the end-of-text, which its truncation discards), so a batch's loss does
+  not depend on its micro-batches; the value head trains also under LoRA (the script's peft wrapper leaves
+  its scalar head frozen); the learning rate anneals per optimizer update, as REBEL's does (the script's
+  once per iteration).
 """
 
 from __future__ import annotations
@@ -128,14 +130,20 @@ def set_critic_trainable(critic: ValueModel, trainable: str | int, lora=None) ->
     return critic
 
 
-def load_value_state(critic: ValueModel, model_dir: str) -> bool:
-    """Start from the value model an earlier PPO round saved beside its policy, when there is one."""
-    path = Path(model_dir).parent / VALUE_FILE
+def load_value_state(critic: ValueModel, artifact_dir: Path) -> bool:
+    """Start from the value model an earlier PPO round saved in its artifact, when there is one."""
+    path = artifact_dir / VALUE_FILE
     if not path.is_file():
         return False
     from safetensors.torch import load_file
 
-    critic.load_state_dict(load_file(path))
+    try:
+        critic.load_state_dict(load_file(path))
+    except RuntimeError as exc:  # missing/unexpected keys or shapes
+        raise ConfigError(
+            f"the previous round's value model ({path}) does not fit this round's: it was trained with another "
+            f"train.trainable, LoRA setting or model ({str(exc).splitlines()[0]}). Keep the campaign's settings "
+            "from round to round, or start a new campaign.") from None
     return True
 
 
@@ -180,6 +188,8 @@ class PPOLoop(OnlineLoop):
     def regress(self, rows: list[dict], iteration: int) -> dict[str, float]:
         """Advantages and returns of the iteration's valid replies, then `epochs_per_iteration` PPO passes."""
         rows = [r for r in rows if r["score"] == r["score"] and r["token_rewards"]]  # NaN scores, empty replies out
+        if not rows:  # nothing to learn from (every reward invalid): no update
+            return {"updates": 0, "lr": self.scheduler.get_last_lr()[0], "responses": 0}
         p = self.cfg.ppo
         advantages, returns = ppo_targets([torch.tensor(r["token_rewards"]) for r in rows],
                                           [torch.tensor(r["token_values"]) for r in rows], p.gamma, p.lam, p.whiten_rewards)

@@ -200,13 +200,14 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     keep_start = start is not None and settings.trainable in ("all", "lora")
     reference = make_reference(model, settings.trainable, start.to(device()) if keep_start else start)
     del start
-    # after loading (under ZeRO-3 an accelerator would have the models load partitioned, and the reference
-    # would copy empty layers), before any vLLM engine: over several processes it makes the process group
-    # each rank's engine joins
+    reward = load_reward(settings.reward)
+    critic = _critic(settings, store, policy, reward, tokenizer) if settings.online.objective == "ppo" else None
+    # after loading every model (under ZeRO-3 an accelerator would have them load partitioned, and the
+    # reference would copy empty layers), before any vLLM engine: over several processes it makes the process
+    # group each rank's engine joins
     micros = micro_batches_per_update(settings.online.minibatch(), settings.micro_batch_pairs, world_size())
     accelerator = make_accelerator(micros, settings.micro_batch_pairs, settings.max_grad_norm)
     engine = _engine(settings, path, policy, model, tokenizer)
-    reward = load_reward(settings.reward)
 
     def sample(convs, n, seed, temperature):
         """`generate.batch_size` prompts per engine call: an iteration's whole batch at once (512 TL;DR posts ×
@@ -228,9 +229,7 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
 
         rollouts = Dialogues(settings.dialogue, engine, load_user(settings.dialogue.user), tokenizer)
     opt = Optimization(**{f.name: getattr(settings, f.name) for f in fields(Optimization)})
-    trained, kind = model, OnlineLoop
-    if settings.online.objective == "ppo":
-        trained, kind = PolicyAndValue(model, _critic(settings, path, policy, reward, tokenizer).to(device())), PPOLoop
+    trained, kind = (model, OnlineLoop) if critic is None else (PolicyAndValue(model, critic), PPOLoop)
     loop = kind(settings.online, opt, accelerator, trained, tokenizer, reference, rollouts, score,
                 conversations, held_out, settings.max_invalid_fraction, gather_to_sample=settings.engine == "hf")
     if settings.engine == "vllm":
@@ -244,18 +243,19 @@ def _loop(settings: Settings, store: Store, policy: ArtifactRef, initial: Artifa
     return loop, tokenizer, path, engine
 
 
-def _critic(settings: Settings, path: str, policy: ArtifactRef, reward, tokenizer) -> ValueModel:
-    """PPO's value model: the one the previous PPO round saved beside its policy, else a new one from the
-    policy's checkpoint or the reward model (online.ppo.value_init)."""
+def _critic(settings: Settings, store: Store, policy: ArtifactRef, reward, tokenizer) -> ValueModel:
+    """PPO's value model, on this process's device: the one the previous PPO round saved in its artifact
+    (the round's input policy, from the store), else a new one from the policy's checkpoint or the reward
+    model (online.ppo.value_init)."""
     if settings.online.ppo.value_init == "reward":
         critic = critic_from_reward(reward, tokenizer, settings.dtype)
     else:
-        critic = critic_from_policy(load_causal_lm(path, settings.dtype, settings.attn_implementation, policy.revision),
-                                    settings.dtype)
+        critic = critic_from_policy(load_causal_lm(store.model_path(policy), settings.dtype, settings.attn_implementation,
+                                                   policy.revision), settings.dtype)
     critic = set_critic_trainable(critic, settings.trainable, settings.lora)
-    if load_value_state(critic, path):
+    if not policy.external and load_value_state(critic, store.path(policy)):
         print(f"the value model continues from the previous round's ({policy.id[:12]})", flush=True)
-    return critic
+    return critic.to(device())
 
 
 def _engine(settings: Settings, path, policy: ArtifactRef, model, tokenizer):

@@ -233,6 +233,9 @@ def test_an_online_round_over_two_ranks_samples_its_share_and_updates_as_one_pro
         one_value = load_file(tmp_path / "one-process" / "value/model.safetensors")
         got_value = load_file(store.path(two.ref) / "value/model.safetensors")
         assert one_value.keys() == got_value.keys()
+        # the value model trained: its backbone (a copy of the starting policy's) moved
+        assert sum(not torch.equal(one_value[k], start["model." + k.removeprefix("backbone.")])
+                   for k in one_value if k.startswith("backbone.")) >= len(one_value) // 2
         for k in one_value:  # reduction order over the ranks: up to ~3e-5 here (an update moves weights by ~lr, 3e-3)
             gap = (got_value[k] - one_value[k]).abs().max().item()
             assert gap < 1e-4, (k, gap)

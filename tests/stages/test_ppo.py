@@ -63,15 +63,15 @@ def test_the_first_iteration_starts_at_the_reference_with_ppos_numbers(tiny_poli
         assert abs(r["kl"]) < 1e-5  # π_old is the reference before any update
         score = r["score"] if r["has_end"] else -1.0
         assert r["token_rewards"][-1] == pytest.approx(score, abs=1e-5)  # the score at the last token
-        assert sum(r["token_rewards"]) == pytest.approx(r["reward"])
-    # the one update: π_θ = π_old, so every ratio is 1 and the policy loss is minus the mean of the
-    # whitened advantages (0); the value loss is half the mean squared error of the rollout's values
-    _, returns = ppo_targets([torch.tensor(r["token_rewards"]) for r in rows],
-                             [torch.tensor(r["token_values"]) for r in rows], 1.0, 0.95, True)
-    errors = torch.cat([g - torch.tensor(r["token_values"]) for g, r in zip(returns, rows, strict=True)])
-    assert history[0]["policy_loss"] == pytest.approx(0.0, abs=1e-5)
+        assert sum(r["token_rewards"]) == pytest.approx(score - 0.05 * r["kl"], abs=1e-5)  # REBEL's shaped reward
+    # the one update: π_θ = π_old, so every ratio is 1 and the policy loss is minus the mean over replies of
+    # their mean whitened advantage; the value loss half the mean over replies of their mean squared error
+    advantages, returns = ppo_targets([torch.tensor(r["token_rewards"]) for r in rows],
+                                      [torch.tensor(r["token_values"]) for r in rows], 1.0, 0.95, True)
+    errors = [((g - torch.tensor(r["token_values"])) ** 2).mean().item() for g, r in zip(returns, rows, strict=True)]
+    assert history[0]["policy_loss"] == pytest.approx(-sum(a.mean().item() for a in advantages) / 8, abs=1e-5)
     assert history[0]["ratio"] == pytest.approx(1.0, abs=1e-5)
-    assert history[0]["value_loss"] == pytest.approx(0.5 * (errors ** 2).mean().item(), rel=1e-4)
+    assert history[0]["value_loss"] == pytest.approx(0.5 * sum(errors) / 8, rel=1e-4)
     assert "val_score" in history[0]
 
 
@@ -130,7 +130,7 @@ def test_a_ppo_round_saves_its_value_model_and_the_next_round_continues_from_it(
     assert any(k.startswith("head.") for k in saved) and any(k.startswith("backbone.") for k in saved)
     # the next round's value model: built anew, then the saved one loaded over it
     settings = _online_settings(cfg, 1)
-    critic = _critic(settings, store.model_path(ref), ref, None, None)
+    critic = _critic(settings, store, ref, None, None)
     for k, v in critic.state_dict().items():
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
     # REBEL's rounds keep their fingerprints: the PPO settings are not hashed for them, η is not for PPO

@@ -98,6 +98,19 @@ def test_the_clipped_value_loss_by_hand():
     assert values.grad[0, 0].item() == pytest.approx(0.1 * (0.6 - 2.0))
 
 
+def test_every_reply_counts_alike_so_micro_batches_do_not_change_the_loss():
+    """Replies of 1 and 4 tokens: the loss of both together is the mean of their losses apart, as the loop's
+    weighting by replies assumes (a mean over all tokens would let the long reply count four times)."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])
+    args = [torch.randn(2, 4) * 0.1 for _ in range(6)]
+
+    def loss(rows):
+        return ppo_loss(*(a[rows] for a in args), mask[rows], 0.2, 0.2, 0.1)[0].item()
+
+    assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, rel=1e-6)
+
+
 def test_per_token_values_round_trip_through_the_padded_layout():
     masks = [[0, 0, 1, 1], [0, 1, 1, 1, 1, 0]]
     padded = torch.arange(10, dtype=torch.float32).reshape(2, 5)  # (B, T − 1) of a batch padded to T = 6
