@@ -104,3 +104,25 @@ def save_policy(accelerator, model, state: dict, tokenizer, out_dir: Path, lora_
             state = {k: v for k, v in state.items() if k not in tied}
         unwrapped.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+class MasterWeights(torch.nn.Module):
+    """fp32 copies of trainable parameters held in bf16/fp16: the optimizer steps the copies and the model
+    gets them rounded back after every step. Stepped in place, an Adam step of about lr (1e-7 to 3e-6 in
+    the papers' settings) is far below bf16's resolution at the weights' scale and would mostly round away.
+    Saved with the checkpoints, so a resumed round keeps the full-precision weights."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        super().__init__()
+        self.params = params
+        self.copies = torch.nn.ParameterList([torch.nn.Parameter(p.detach().float().clone()) for p in params])
+
+    def take_grads(self) -> None:
+        for copy, p in zip(self.copies, self.params, strict=True):
+            copy.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def give_weights(self) -> None:
+        for copy, p in zip(self.copies, self.params, strict=True):
+            p.copy_(copy)

@@ -36,6 +36,7 @@ from rebelflow.ml.batching import batch_logps, pair_loss, split
 from rebelflow.ml.chat import end_of_turn_ids, prompt_ids
 from rebelflow.ml.distributed import Ranks, from_main, full_weights, gather_lists, using_deepspeed, zero_stage
 from rebelflow.ml.driver import Checkpoints
+from rebelflow.ml.models import MasterWeights
 from rebelflow.ml.online import (
     AdaptiveKL,
     cut_after_end_of_turn,
@@ -124,28 +125,6 @@ def micro_batches_per_update(minibatch_pairs: int, micro_batch_pairs: int, ranks
     gradient accumulation and the ranks' gradient exchange stay in step."""
     per_rank = math.ceil(minibatch_pairs / ranks)
     return math.ceil(per_rank / micro_batch_pairs)
-
-
-class MasterWeights(torch.nn.Module):
-    """fp32 copies of trainable parameters held in bf16/fp16: the optimizer steps the copies and the model
-    gets them rounded back after every step. Stepped in place, an Adam step of about lr (1e-7 to 3e-6 in
-    the papers' settings) is far below bf16's resolution at the weights' scale and would mostly round away.
-    Saved with the checkpoints, so a resumed round keeps the full-precision weights."""
-
-    def __init__(self, params: list[torch.nn.Parameter]):
-        super().__init__()
-        self.params = params
-        self.copies = torch.nn.ParameterList([torch.nn.Parameter(p.detach().float().clone()) for p in params])
-
-    def take_grads(self) -> None:
-        for copy, p in zip(self.copies, self.params, strict=True):
-            copy.grad = None if p.grad is None else p.grad.float()
-            p.grad = None
-
-    @torch.no_grad()
-    def give_weights(self) -> None:
-        for copy, p in zip(self.copies, self.params, strict=True):
-            p.copy_(copy)
 
 
 class OnlineLoop:

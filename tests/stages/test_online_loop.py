@@ -38,7 +38,11 @@ class Shards:
 
 
 def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0, micro=None, dtype=torch.float32, lr=1e-3):
+    """The loop of `cfg`'s objective on the tiny policy, sampling with transformers; PPO's value model is the
+    policy checkpoint's backbone with a new head, trained whole."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rebelflow.ml.ppo import PolicyAndValue, PPOLoop, critic_from_policy, set_critic_trainable
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
@@ -53,11 +57,16 @@ def make_loop(policy_path, cfg, reward=addition, max_invalid_fraction=1.0, micro
         return [reward(messages, response) for messages, response in items]
 
     opt = Optimization(eta=2.0, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
-                       micro_batch_pairs=micro or cfg.minibatch_pairs, temperature=1.0, warmup_ratio=0.0, total_updates=cfg.iterations * updates_per_iteration(cfg),
-                       first_update=0)
-    return OnlineLoop(cfg, opt, make_accelerator(1, cfg.minibatch_pairs), model, tokenizer,
-                      make_reference(model, "all"), SingleTurn(sample, tokenizer, engine.eot, cfg.samples_per_prompt),
-                      score, PROMPTS, PROMPTS[:4], max_invalid_fraction)
+                       micro_batch_pairs=micro or cfg.minibatch(), temperature=1.0, warmup_ratio=0.0,
+                       total_updates=cfg.iterations * updates_per_iteration(cfg), first_update=0)
+    reference = make_reference(model, "all")
+    trained, kind = model, OnlineLoop
+    if cfg.objective == "ppo":
+        critic = critic_from_policy(AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype), "float32")
+        trained, kind = PolicyAndValue(model, set_critic_trainable(critic, "all")), PPOLoop
+    return kind(cfg, opt, make_accelerator(1, cfg.minibatch()), trained, tokenizer, reference,
+                SingleTurn(sample, tokenizer, engine.eot, cfg.samples_per_prompt), score, PROMPTS, PROMPTS[:4],
+                max_invalid_fraction)
 
 
 CFG = OnlineConfig(iterations=4, prompts_per_iteration=4, samples_per_prompt=2, epochs_per_iteration=2,

@@ -9,43 +9,16 @@ import pytest
 import torch
 
 from rebelflow.config.online import OnlineConfig
-from rebelflow.engines.base import SamplingParams
-from rebelflow.engines.hf import HFEngine
-from rebelflow.ml.distributed import make_accelerator
 from rebelflow.ml.online import ppo_targets
-from rebelflow.ml.online_loop import Optimization, SingleTurn, updates_per_iteration
-from rebelflow.ml.ppo import PolicyAndValue, PPOLoop, critic_from_policy, set_critic_trainable
-from rebelflow.ml.reference import make_reference
-from rebelflow.rewards.examples import addition
-from tests.stages.test_online_loop import PROMPTS, Shards
+from tests.stages.test_online_loop import Shards, make_loop
 
 CFG = OnlineConfig(objective="ppo", iterations=4, prompts_per_iteration=8, samples_per_prompt=1,
                    epochs_per_iteration=2, kl_coef=0.05, penalty_reward_value=-1.0, validate_every=2,
                    checkpoint_every=2, ppo={"minibatch_responses": 4})
 
 
-def make_ppo_loop(policy_path, cfg=CFG, lr=1e-3):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
-    engine = HFEngine.resident(model, tokenizer)
-
-    def sample(conversations, n, seed, temperature):
-        params = SamplingParams(n, temperature, 1.0, 4, seed)
-        return [[c.token_ids for c in row] for row in engine.generate(conversations, params)]
-
-    def score(items):
-        return [addition(messages, response) for messages, response in items]
-
-    critic = set_critic_trainable(critic_from_policy(AutoModelForCausalLM.from_pretrained(policy_path), "float32"), "all")
-    opt = Optimization(eta=1.0, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
-                       micro_batch_pairs=cfg.minibatch(), temperature=1.0, warmup_ratio=0.0,
-                       total_updates=cfg.iterations * updates_per_iteration(cfg), first_update=0)
-    return PPOLoop(cfg, opt, make_accelerator(1, cfg.minibatch()), PolicyAndValue(model, critic), tokenizer,
-                   make_reference(model, "all"), SingleTurn(sample, tokenizer, engine.eot, cfg.samples_per_prompt),
-                   score, PROMPTS, PROMPTS[:4])
+def make_ppo_loop(policy_path, cfg=CFG):
+    return make_loop(policy_path, cfg)
 
 
 def test_the_first_iteration_starts_at_the_reference_with_ppos_numbers(tiny_policy, tmp_path):
