@@ -1,5 +1,6 @@
 """Models: loading a causal LM in a dtype, choosing what trains (all, the top k layers, LoRA), this
-process's device, the hardware fingerprint of logprobs, and saving a trained policy as an HF folder."""
+process's device, the hardware fingerprint of logprobs, saving a trained policy as an HF folder, and fp32
+master copies of 16-bit trained weights."""
 
 from __future__ import annotations
 
