@@ -54,6 +54,11 @@ def _targets(prepare: dict, train: dict) -> list[str]:
     if gap is None or eta is None:
         return []
     target = eta * gap
+    if gap <= 1e-9:
+        return [f"the reward gave both responses of every pair the same score (mean reward gap {gap}): the regression "
+                "targets are zero whatever train.eta is, so there is nothing to learn. Score a few replies by hand to "
+                "see that the reward tells them apart, and sample more varied replies (a higher "
+                "generate.temperature, generate.n or generate.max_new_tokens)."]
     if target < SMALL_TARGET:
         return [f"the regression targets are tiny: train.eta ({eta}) × mean reward gap ({gap}) = {target:.3g}, so "
                 f"training barely moves the policy. Raise train.eta to about {1 / max(gap, 1e-12):.3g} (targets of "

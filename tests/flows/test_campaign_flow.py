@@ -16,7 +16,7 @@ from rebelflow.flows.campaign import campaign_flow
 from rebelflow.ops.history import read_history
 from rebelflow.planning.campaign import campaign_jobs
 from rebelflow.store.local import Store
-from tests.conftest import make_config
+from tests.conftest import make_config, write_prompts
 
 ROUND0 = [(0, "tiny_model"), (0, "eval_prompts"), (0, "eval_generate"), (0, "eval_score")]
 ROUND1 = [(1, s) for s in ("prompts", "generate", "score", "prepare", "logprobs", "train", "eval_generate",
@@ -189,7 +189,6 @@ def test_cli_reports_a_failing_stage_in_one_message(tmp_path, prompts_file):
 
 
 def test_a_multi_turn_campaign_end_to_end(tmp_path):
-    from tests.conftest import write_prompts
 
     sums = write_prompts(tmp_path / "sums.jsonl", [{"id": f"s{i}", "prompt": f"What is {i % 10} + {i // 3}?"}
                                                    for i in range(12)])
@@ -209,7 +208,6 @@ def test_a_multi_turn_campaign_end_to_end(tmp_path):
 def test_a_dataset_user_campaign_from_hh_transcripts(tmp_path):
     """REFUEL setting two end to end: prompts and user turns from one HH column, dialogues of the data's own
     lengths compared at their last turn, per-turn win rates over the turns each dialogue has."""
-    from tests.conftest import write_prompts
 
     def transcript(i: int) -> str:
         turns = 1 + i % 3
@@ -338,16 +336,21 @@ def test_cli_prints_the_final_policy_which_exports_and_the_round_samples(tmp_pat
     assert missing.exit_code == 2 and "rounds with them: [1]" in " ".join(missing.output.split())
 
 
-def test_a_mistuned_campaign_says_what_looks_wrong_and_what_to_try(tmp_path, prompts_file):
-    """η far too small for the reward's spread and replies cut at 2 tokens: the round's entry in summary.json
-    says both, with the numbers and the settings to change, and `run` prints them after the round table."""
+def test_a_mistuned_campaign_says_what_looks_wrong_and_what_to_try(tmp_path):
+    """Replies cut at 2 tokens (so the reward tells no pair apart) and a prompt limit two thirds of the prompts
+    exceed: the round's entry in summary.json says all three, with the numbers and the settings to change, and
+    `run` prints them after the round table."""
+    long = ", and then tell me about the rain, the music, the bread and the trains in the snow"
+    topics = ["apples", "lakes", "clocks", "roses", "ships", "hills", "dogs", "wind", "owls", "maps", "cake", "songs"]
+    prompts_file = write_prompts(tmp_path / "prompts.jsonl", [  # short prompts about 20 tokens, long ones about 46
+        {"id": f"p{i}", "prompt": f"Tell me about {t}{'' if i % 3 == 0 else long}."} for i, t in enumerate(topics * 2)])
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(
         f"campaign: mistuned\nprompts: {{source: {prompts_file}, id_column: id}}\n"
         "policy: {tiny: {vocab_size: 600, hidden_size: 32, heads: 2}}\n"
         "reward: {backend: rule, function: 'rebelflow.rewards.examples:cheerful_words'}\n"
-        "generate: {n: 3, max_new_tokens: 2}\nprepare: {validation_pairs: 1}\n"
-        "train: {eta: 1.0e-5, pairs_per_update: 4, micro_batch_pairs: 2, launcher: {kind: inprocess}}\n"
+        "generate: {n: 3, max_new_tokens: 2}\nprepare: {validation_pairs: 2, max_prompt_tokens: 30}\n"
+        "train: {eta: 1.0e-5, pairs_per_update: 2, micro_batch_pairs: 2, launcher: {kind: inprocess}}\n"
         f"evaluate: {{prompts: {{source: {prompts_file}, id_column: id, per_round: 3}}, max_new_tokens: 2}}\n"
     )
     store = str(tmp_path / "store")
@@ -355,9 +358,11 @@ def test_a_mistuned_campaign_says_what_looks_wrong_and_what_to_try(tmp_path, pro
     assert result.exit_code == 0, result.output
     summary = json.loads((Path(store) / "campaigns/mistuned/summary.json").read_text())
     found = summary["rounds"][1]["diagnostics"]
-    assert any("the regression targets are tiny: train.eta (1e-05)" in d for d in found), found
+    assert any("the same score (mean reward gap 0.0)" in d and "whatever train.eta is" in d for d in found), found
     assert any("ended with end-of-turn: most hit generate.max_new_tokens" in d for d in found), found
-    assert "round 1:" in result.output and "regression targets are tiny" in " ".join(result.output.split())
+    assert any("'prompt too long' filter dropped 16 of 24 prompts. Raise prepare.max_prompt_tokens (30)" in d
+               for d in found), found
+    assert "round 1:" in result.output and "whatever train.eta is" in " ".join(result.output.split())
 
 
 def test_a_variant_keeps_its_own_summary_and_compare_shows_it_beside_the_campaign(tmp_path, prompts_file):
