@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from rebelflow.config.dialogue import OpenAIConfig
+from rebelflow.config.errors import ConfigError
 from rebelflow.config.judge import JudgeConfig
 from rebelflow.judges import Judge, combine, parse_pair, parse_preference
 from rebelflow.judges.prompts import judge_messages, mt_bench_prompts
@@ -95,9 +97,26 @@ class StandIn(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint that prefers the answer '5' and reports logprobs when asked."""
 
     seen: list = []
+    keys: list = []  # the Authorization header of every request
+    failures = 0  # answer this many requests with 503 first (a busy server)
+    delay, in_flight, most_in_flight = 0.0, 0, 0
+    lock = threading.Lock()
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with StandIn.lock:
+            StandIn.keys.append(self.headers.get("Authorization"))
+            busy, StandIn.failures = StandIn.failures > 0, max(StandIn.failures - 1, 0)
+            StandIn.in_flight += 1
+            StandIn.most_in_flight = max(StandIn.most_in_flight, StandIn.in_flight)
+        time.sleep(StandIn.delay)
+        with StandIn.lock:
+            StandIn.in_flight -= 1
+        if busy:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         StandIn.seen.append(body)
         text = body["messages"][1]["content"]
         a_is_5 = "Assistant A's answer]\n5" in text or "Assistant A's Answer]\n5" in text
@@ -121,9 +140,9 @@ class StandIn(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint():
-    server = HTTPServer(("127.0.0.1", 0), StandIn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    StandIn.seen = []
+    StandIn.seen, StandIn.keys, StandIn.failures, StandIn.delay, StandIn.most_in_flight = [], [], 0, 0.0, 0
     yield f"http://127.0.0.1:{server.server_port}/v1"
     server.shutdown()
 
@@ -139,6 +158,24 @@ def test_an_openai_compatible_judge(tmp_path, endpoint, fmt):
     else:  # 0.8 with the new answer first, 1 − 0.3 second: their mean
         assert StandIn.seen[0]["max_tokens"] == 1 and StandIn.seen[0]["top_logprobs"] == 5
         assert (j.new_first, j.new_second, j.outcome) == pytest.approx((0.8, 0.7, 0.75))
+
+
+def test_an_endpoint_judge_sends_the_key_from_its_variable_retries_a_busy_server_and_asks_concurrently(
+        tmp_path, endpoint, monkeypatch):
+    cfg = JudgeConfig(kind="openai", openai=OpenAIConfig(base_url=endpoint, model="judge", api_key_env="JUDGE_KEY",
+                                                         concurrency=4, max_retries=2))
+    with pytest.raises(ConfigError, match="JUDGE_KEY is not set"):
+        Judge(cfg, "openai:judge", tmp_path).judge([(convo("5"), convo("7"))])
+    assert StandIn.keys == []  # nothing was sent without the key
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    StandIn.failures, StandIn.delay = 2, 0.2  # two 503 answers, then slow ones
+    judged = Judge(cfg, "openai:judge", tmp_path).judge([(convo("5"), convo(str(n))) for n in (6, 7, 8, 9)])
+    assert [j.outcome for j in judged] == [1.0] * 4
+    assert len(StandIn.keys) == 8 + 2 and set(StandIn.keys) == {"Bearer sk-test"}  # 8 judgments, 2 retried
+    assert StandIn.most_in_flight > 1  # concurrency 4
+    StandIn.failures = 10  # more 503s than max_retries allows: the request fails, not guessed
+    with pytest.raises(Exception, match="503"):
+        Judge(cfg, "openai:judge", tmp_path / "other").judge([(convo("5"), convo("4"))])
 
 
 def test_dialogues_are_judged_turn_by_turn(tmp_path):
