@@ -120,16 +120,11 @@ def _run_campaign(cfg) -> None:
 
 
 def _print_policy(policy, store_root: str) -> None:
-    """Where the campaign's final policy is, and how to take it out of the store."""
-    if policy is None or policy.external:
-        return
-    from rebelflow.store.local import Store
+    from rebelflow.flows.campaign import final_policy_note
 
-    folder = Store(store_root).path(policy) / "model"
-    console.print(f"Final policy: {folder}  (a plain HF folder; copy it out with: rebelflow export {policy.id} DIR "
-                  f"--store {store_root})", soft_wrap=True)
-
-
+    note = final_policy_note(policy, store_root)
+    if note is not None:
+        console.print(note, soft_wrap=True)
 
 
 def _print_rounds(summary: dict, store_root: str) -> None:

@@ -51,6 +51,16 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     return {"records": records, "summary": summary, "policy": policy}
 
 
+def final_policy_note(policy, store_root) -> str | None:
+    """Where a campaign's final policy is, and how to take it out of the store (None for an external model:
+    no round trained)."""
+    if policy is None or policy.external:
+        return None
+    folder = Store(store_root).path(policy) / "model"
+    return (f"Final policy: {folder}  (a plain HF folder; copy it out with: rebelflow export {policy.id} DIR "
+            f"--store {store_root})")
+
+
 def round_diagnostics(store: Store, records: list[dict[str, Any]]) -> dict[int, list[str]]:
     """Per round (1..), what looks wrong in it, from its stages' manifests (only read: each step verified its
     artifact when it ran, and hashing every model again at the end would take minutes for 8B weights)."""

@@ -17,7 +17,7 @@ from prefect import flow
 
 from rebelflow.config.errors import RebelflowError
 from rebelflow.config.loading import load_config
-from rebelflow.flows.campaign import campaign_flow
+from rebelflow.flows.campaign import campaign_flow, final_policy_note
 from rebelflow.flows.reward_model import reward_model_flow
 from rebelflow.planning.campaign import name_variant, plan_status
 from rebelflow.planning.preflight import preflight
@@ -51,6 +51,7 @@ def next_round_flow(config: str, overrides: list[str] | None = None, store: str 
         return {"campaign": cfg.campaign, "round": None}
     print(f"campaign {cfg.campaign}: running round {k} of {cfg.rounds}")
     result = campaign_flow(cfg, through=k)
+    print(final_policy_note(result["policy"], cfg.store.root) or "")
     return {"campaign": cfg.campaign, "round": k, "summary": result["summary"]}
 
 
@@ -60,6 +61,7 @@ def rounds_flow(config: str, through: int | None = None, overrides: list[str] | 
     cfg = load_run(config, overrides or [], store)
     preflight(cfg)
     result = campaign_flow(cfg, through=through)
+    print(final_policy_note(result["policy"], cfg.store.root) or "")
     return {"campaign": cfg.campaign, "summary": result["summary"]}
 
 

@@ -104,6 +104,8 @@ def test_a_deployed_campaign_runs_a_round_per_trigger_and_resumes_a_failed_one(s
     first = wait_final(trigger("campaign-next-round/sched-test").id)
     assert first.state.is_completed(), logs(first.id)[-3000:]
     assert "evaluate" in index(store)["1"] and "2" not in index(store)  # round 1 only
+    policy = index(store)["1"]["train"]["id"]
+    assert wait_for_log(first.id, f"rebelflow export {policy} DIR")  # where the round's policy is
 
     marker.touch()  # the reward breaks: round 2 fails at its score stage
     second = wait_final(trigger("campaign-next-round/sched-test").id)
