@@ -95,6 +95,7 @@ lint: $(STAMP)
 bench: $(STAMP) $(VLLM_STAMP)
 	$(PY) bench/store_verify.py
 	$(PY) bench/train_padding.py
+	$(PY) bench/train_efficiency.py
 	$(PY) bench/cached_rerun.py
 	$(PY) bench/dialogue_batching.py
 	$(PY) bench/score_batching.py

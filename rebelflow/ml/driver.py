@@ -31,7 +31,7 @@ from rebelflow.ml.distributed import (
     world_size,
     zero_stage,
 )
-from rebelflow.ml.models import save_policy
+from rebelflow.ml.models import MasterWeights, save_policy
 from rebelflow.ml.tracking import Tracker
 
 Loss = Callable[[Any, list[Any]], tuple[torch.Tensor, dict[str, float]]]  # (model, micro-batch) -> (mean loss, metrics)
@@ -101,9 +101,13 @@ def fit_model(model, fit: Fit, settings: TrainingSettings, plan: list[list[int]]
     """Train `model` through `plan`, resuming from the latest checkpoint under `checkpoint_dir`."""
     steps = per_rank_accumulation(fit.per_update, fit.micro_batch, f"{fit.section}.{fit.per_update_key}")
     accelerator = make_accelerator(steps, fit.micro_batch, settings.max_grad_norm)
-    optimizer = adamw(model, settings.lr, settings.betas, settings.eps, settings.weight_decay)
+    masters = MasterWeights.where_needed(model)  # 16-bit weights step through fp32 copies
+    optimizer = adamw(masters.copies if masters is not None else model.parameters(), settings.lr, settings.betas,
+                      settings.eps, settings.weight_decay)
     scheduler = cosine_schedule(optimizer, len(plan), settings.warmup_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if masters is not None:
+        accelerator.register_for_checkpointing(masters)  # a resumed fit keeps the full-precision weights
     tracker = Tracker(settings.tracking if accelerator.is_main_process else None, fit.hashed_settings)
     validate = None
     if fit.validation:
@@ -112,7 +116,7 @@ def fit_model(model, fit: Fit, settings: TrainingSettings, plan: list[list[int]]
                                     lambda chunk: fit.loss(model, chunk)[1], fit.validation_keys)
             return {f"{fit.validation_prefix}{k}": v for k, v in means.items()}
     started = time.time()
-    loop = UpdateLoop(accelerator, model, optimizer, scheduler, settings.max_grad_norm)
+    loop = UpdateLoop(accelerator, model, optimizer, scheduler, settings.max_grad_norm, masters)
     before = loop.evaluate(validate) if validate is not None and fit.validate_before else {}
     history = loop.run(
         len(plan),
@@ -194,9 +198,10 @@ class Checkpoints:
 class UpdateLoop:
     """Optimizer updates with gradient accumulation over micro-batches, resumable from a checkpoint."""
 
-    def __init__(self, accelerator, model, optimizer, scheduler, max_grad_norm: float | None):
+    def __init__(self, accelerator, model, optimizer, scheduler, max_grad_norm: float | None,
+                 masters: MasterWeights | None = None):
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.masters = max_grad_norm, masters
 
     def run(self, total: int, micro_batches: Callable[[int], list[Any]],
             loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]], checkpoints: Checkpoints,
@@ -242,10 +247,15 @@ class UpdateLoop:
             with accelerator.accumulate(self.model):
                 loss, metrics = loss_fn(micro)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and self.masters is not None:
+                    self.masters.take_grads()  # the accumulated (and all-reduced) gradients, in fp32
                 if accelerator.sync_gradients and self.max_grad_norm:
-                    accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-                self.optimizer.step()
+                    stepped = self.masters.copies if self.masters is not None else self.model.parameters()
+                    accelerator.clip_grad_norm_(stepped, self.max_grad_norm)
+                self.optimizer.step()  # accelerate steps only at the end of an update's accumulation
                 self.optimizer.zero_grad()
+                if accelerator.sync_gradients and self.masters is not None:
+                    self.masters.give_weights()
             tokens += int(metrics.pop("tokens", 0))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -273,8 +283,8 @@ def per_rank_accumulation(per_update: int, micro_batch: int, where: str) -> int:
     return per_update // (world * micro_batch)
 
 
-def adamw(model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
-    params = [p for p in model.parameters() if p.requires_grad]
+def adamw(parameters, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
+    params = [p for p in parameters if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 

@@ -155,10 +155,8 @@ class OnlineLoop:
         self.after_update = after_update or (lambda: None)
         self.after_sampling = after_sampling or (lambda: None)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_ids(tokenizer)[0]
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        low = any(p.dtype != torch.float32 for p in trainable)
-        self.masters = MasterWeights(trainable) if low and not using_deepspeed() else None  # DeepSpeed keeps its own
-        stepped = self.masters.copies if self.masters is not None else trainable
+        self.masters = MasterWeights.where_needed(model)
+        stepped = self.masters.copies if self.masters is not None else [p for p in model.parameters() if p.requires_grad]
         # lr set per update by the schedule
         optimizer = torch.optim.AdamW(stepped, lr=1.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +88,8 @@ def cpu_dtype(r: Rehearsal, path: str, dtype: str) -> None:
     an hour instead of minutes)."""
     if dtype not in ("float16", "bfloat16"):
         return
+    from rebelflow.ml.models import cpu_has_bf16  # torch: imported only when a rehearsal needs it
+
     native = cpu_has_bf16()
     if dtype == "float16":
         r.set(path, "bfloat16" if native else "float32", "float16 kernels are missing on CPU"
@@ -102,15 +103,4 @@ def tracking_offline(r: Rehearsal, wandb) -> None:
         r.set("tracking.wandb.mode", "offline", "nothing leaves this machine")
 
 
-@cache
-def cpu_has_bf16() -> bool:
-    """Whether this machine's CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX, Arm's BF16 extension).
-    Without it torch emulates bf16 matmuls, measured about 12× slower than fp32 on a 2-core AMD EPYC."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = {word for line in text.splitlines() if line.lower().startswith(("flags", "features"))
-             for word in line.split(":", 1)[-1].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 

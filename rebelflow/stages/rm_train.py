@@ -29,7 +29,8 @@ from rebelflow.rewards.classifier import reward_ids
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "rm_train", 2, "model"  # v2: DeepSpeed clips at max_grad_norm (was 1.0)
+# v2: DeepSpeed clips at max_grad_norm (was 1.0); v3: 16-bit weights step through fp32 master copies
+NAME, VERSION, KIND = "rm_train", 3, "model"
 NEW_PAD = "[PAD]"
 
 

@@ -25,7 +25,8 @@ from rebelflow.stages.prompts import read_dataset, require_columns
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "sft", 2, "model"  # v2: DeepSpeed clips at max_grad_norm (was 1.0)
+# v2: DeepSpeed clips at max_grad_norm (was 1.0); v3: 16-bit weights step through fp32 master copies
+NAME, VERSION, KIND = "sft", 3, "model"
 
 
 class Settings(SFTConfig):

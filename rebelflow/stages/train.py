@@ -29,7 +29,8 @@ from rebelflow.ml.models import load_causal_lm, set_trainable
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef, artifact_ref, hashed_settings
 
-NAME, VERSION, KIND = "train", 3, "model"  # v2: top-k training includes the final norm and an untied LM head; v3: DeepSpeed clips at max_grad_norm (was 1.0)
+# v2: top-k training includes the final norm and an untied LM head; v3: DeepSpeed clips at max_grad_norm (was 1.0); v4: 16-bit weights step through fp32 master copies
+NAME, VERSION, KIND = "train", 4, "model"
 
 
 class Settings(TrainConfig):

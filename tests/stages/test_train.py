@@ -183,3 +183,46 @@ def test_the_logprobs_key_is_the_hardware_that_computes_them(tmp_path, prompts_f
                                      "hardware": "torch=9.9;device=NVIDIA H200;dtype=float32;attn=sdpa"})
     with pytest.raises(ConfigError, match=r"planned for torch=9.9;device=NVIDIA H200.* but runs on torch="):
         logprobs.run(elsewhere, refs["prepare"], policy, store=store)
+
+
+def test_bf16_weights_train_through_fp32_master_copies_and_a_fit_resumes_with_them(tmp_path, tiny_policy):
+    """train, sft and rm_train with 16-bit weights (dtype: bfloat16, no DeepSpeed): AdamW steps fp32 copies,
+    rounded into the model after each update, so steps far below bf16's resolution still add up (stepped
+    in bf16 itself, most weights would not move at all); a fit stopped after a checkpoint resumes with the
+    copies and ends at the uninterrupted fit's weights."""
+    from types import SimpleNamespace
+
+    from rebelflow.ml.driver import Fit, fit_model, plan_updates
+
+    rng = torch.Generator().manual_seed(0)
+    items = [(torch.randint(4, 100, (12,), generator=rng).tolist(), [0] * 4 + [1] * 8) for _ in range(8)]
+    # Adam steps of at most 3e-5, below half of bf16's resolution for weights over 0.008 in size (most of them)
+    settings = SimpleNamespace(lr=3e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_ratio=0.0,
+                               max_grad_norm=1.0, epochs=6, seed=0, checkpoint_every=2, tracking=None)
+    calls = {"n": 0, "stop_at": None}
+
+    def loss(model, micro):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return sft.reply_loss(model, micro, 0)
+
+    def fit(folder):
+        model = load_causal_lm(tiny_policy, "bfloat16")
+        f = Fit(section="sft", per_update_key="examples_per_update", items=items, per_update=4, micro_batch=2, loss=loss)
+        return model, fit_model(model, f, settings, plan_updates(f, settings, "examples", ""), tmp_path / folder)
+
+    start = {k: v.float().clone() for k, v in load_causal_lm(tiny_policy, "bfloat16").named_parameters()}
+    _, whole = fit("whole")
+    assert len(whole.history) == 12
+    moved = torch.cat([(whole.weights[k].float() - start[k]).abs().flatten() for k in start])
+    assert moved.median() > 0  # most weights moved: 12 small steps added up in fp32, then rounded
+
+    calls["n"], calls["stop_at"] = 0, 2 * 3 + 1  # stopped in update 4, after the checkpoint at update 2
+    with pytest.raises(KeyboardInterrupt):
+        fit("resumed")
+    calls["stop_at"] = None
+    _, resumed = fit("resumed")
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    for k, v in whole.weights.items():
+        torch.testing.assert_close(resumed.weights[k], v, rtol=0, atol=0)

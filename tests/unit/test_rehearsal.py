@@ -96,7 +96,7 @@ def test_a_campaign_rehearsal_keeps_the_presets_machinery_and_names_every_substi
     assert cfg.stages() == preset.stages() and launchers(cfg) == launchers(preset)
     assert (cfg.generate.engine, cfg.reward.backend) == (preset.generate.engine, preset.reward.backend)
     # bf16 stays where this CPU computes it natively; else fp32, and the swap is printed
-    from rebelflow.rehearsal.common import cpu_has_bf16
+    from rebelflow.ml.models import cpu_has_bf16
 
     kept = preset.train.dtype if preset.train.dtype == "float32" or cpu_has_bf16() else "float32"
     assert cfg.train.dtype == kept == cfg.logprobs.dtype
