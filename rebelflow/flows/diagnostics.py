@@ -55,10 +55,11 @@ def _targets(prepare: dict, train: dict) -> list[str]:
         return []
     target = eta * gap
     if gap <= 1e-9:
-        return [f"the reward gave both responses of every pair the same score (mean reward gap {gap}): the regression "
-                "targets are zero whatever train.eta is, so there is nothing to learn. Score a few replies by hand to "
-                "see that the reward tells them apart, and sample more varied replies (a higher "
-                "generate.temperature, generate.n or generate.max_new_tokens)."]
+        return [f"the mean reward gap of the pairs is {gap} (rounded to 4 decimals): the reward (almost) never tells "
+                "a pair's two responses apart, so the regression targets are (nearly) zero and there is nothing to "
+                "learn. Score a few replies by hand to see that the reward tells them apart, and sample more varied "
+                "replies (a higher generate.temperature, generate.n or generate.max_new_tokens); if its differences "
+                "are real but tiny, scale the reward or raise train.eta until η × the gap is about 1."]
     if target < SMALL_TARGET:
         return [f"the regression targets are tiny: train.eta ({eta}) × mean reward gap ({gap}) = {target:.3g}, so "
                 f"training barely moves the policy. Raise train.eta to about {1 / max(gap, 1e-12):.3g} (targets of "

@@ -28,6 +28,7 @@ from rebelflow.ml.distributed import (
     make_accelerator,
     mean_over_ranks,
     sum_over_ranks,
+    using_deepspeed,
     world_size,
     zero_stage,
 )
@@ -101,6 +102,8 @@ def fit_model(model, fit: Fit, settings: TrainingSettings, plan: list[list[int]]
     """Train `model` through `plan`, resuming from the latest checkpoint under `checkpoint_dir`."""
     steps = per_rank_accumulation(fit.per_update, fit.micro_batch, f"{fit.section}.{fit.per_update_key}")
     accelerator = make_accelerator(steps, fit.micro_batch, settings.max_grad_norm)
+    if not using_deepspeed():  # on its device first: the fp32 copies of 16-bit weights are made where they live
+        model = model.to(accelerator.device)
     masters = MasterWeights.where_needed(model)  # 16-bit weights step through fp32 copies
     optimizer = adamw(masters.copies if masters is not None else model.parameters(), settings.lr, settings.betas,
                       settings.eps, settings.weight_decay)

@@ -358,11 +358,12 @@ def test_a_mistuned_campaign_says_what_looks_wrong_and_what_to_try(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((Path(store) / "campaigns/mistuned/summary.json").read_text())
     found = summary["rounds"][1]["diagnostics"]
-    assert any("the same score (mean reward gap 0.0)" in d and "whatever train.eta is" in d for d in found), found
+    assert any("mean reward gap of the pairs is 0.0" in d and "never tells a pair's two responses apart" in d
+               for d in found), found
     assert any("ended with end-of-turn: most hit generate.max_new_tokens" in d for d in found), found
     assert any("'prompt too long' filter dropped 16 of 24 prompts. Raise prepare.max_prompt_tokens (30)" in d
                for d in found), found
-    assert "round 1:" in result.output and "whatever train.eta is" in " ".join(result.output.split())
+    assert "round 1:" in result.output and "never tells a pair's two responses apart" in " ".join(result.output.split())
 
 
 def test_a_variant_keeps_its_own_summary_and_compare_shows_it_beside_the_campaign(tmp_path, prompts_file):

@@ -28,7 +28,8 @@ def test_each_check_names_what_it_saw_and_what_to_try():
     [tiny] = diagnose(with_("prepare", **{"mean reward gap": 0.001}))
     assert "train.eta (2.0) × mean reward gap (0.001) = 0.002" in tiny and "Raise train.eta to about 1e+03" in tiny
     [flat] = diagnose(with_("prepare", **{"mean reward gap": 0.0}))
-    assert "the same score (mean reward gap 0.0)" in flat and "whatever train.eta is" in flat and "1e+" not in flat
+    assert "mean reward gap of the pairs is 0.0" in flat and "never tells a pair's two responses apart" in flat
+    assert "1e+" not in flat
     [huge] = diagnose(with_("prepare", **{"mean reward gap": 40.0}))
     assert "huge" in huge and "Lower train.eta" in huge
     [length] = diagnose(with_("generate", **{"ended with end-of-turn": 0.2}))
