@@ -177,3 +177,17 @@ def test_an_engine_rests_after_every_sampling_and_before_every_update(tiny_polic
         validation = ["rest"]  # validate_every 2
         assert events == (per_iteration * 2 + validation) * 2, attempt
         events.clear()
+
+
+def test_a_round_without_kl_penalty_and_a_huge_learning_rate_is_told_its_kl_runs_away(tiny_policy, tmp_path):
+    """A deliberately mis-tuned online round (kl_coef 0, lr 0.2): its curve, read as the round's diagnostics
+    read the online stage's summary, says the policy runs away from its reference, naming online.kl_coef."""
+    from rebelflow.flows.diagnostics import diagnose
+
+    cfg = CFG.model_copy(update={"iterations": 12, "kl_coef": 0.0, "validate_every": 12, "checkpoint_every": 12})
+    history = make_loop(tiny_policy, cfg, lr=0.2).run(tmp_path / "ckpt", Shards(), say=lambda line: None)
+    assert history[-1]["kl"] > 1.0, [round(h["kl"], 3) for h in history]
+    manifests = {"online": {"summary": {"curve": history}, "settings": {"online": cfg.model_dump()}}}
+    [said] = [d for d in diagnose(manifests) if "KL" in d]
+    assert "running away from its reference" in said and "online.kl_coef (now 0.0)" in said
+    assert diagnose({"online": {"summary": {"curve": history[:1] * 8}, "settings": {}}}) == []  # a flat KL: none
