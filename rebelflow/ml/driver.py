@@ -104,7 +104,7 @@ def fit_model(model, fit: Fit, settings: TrainingSettings, plan: list[list[int]]
     accelerator = make_accelerator(steps, fit.micro_batch, settings.max_grad_norm)
     if not using_deepspeed():  # on its device first: the fp32 copies of 16-bit weights are made where they live
         model = model.to(accelerator.device)
-    masters = MasterWeights.where_needed(model)  # 16-bit weights step through fp32 copies
+    masters = MasterWeights.where_needed(model, using_deepspeed())  # 16-bit weights step through fp32 copies
     optimizer = adamw(masters.copies if masters is not None else model.parameters(), settings.lr, settings.betas,
                       settings.eps, settings.weight_decay)
     scheduler = cosine_schedule(optimizer, len(plan), settings.warmup_ratio)

@@ -130,14 +130,12 @@ class MasterWeights(torch.nn.Module):
             p.copy_(copy)
 
     @classmethod
-    def where_needed(cls, model) -> MasterWeights | None:
+    def where_needed(cls, model, deepspeed: bool) -> MasterWeights | None:
         """Copies of the model's trainable parameters when some are 16-bit; None when all are fp32, or under
         DeepSpeed, which keeps fp32 copies of its own."""
-        from rebelflow.ml.distributed import using_deepspeed
-
         trainable = [p for p in model.parameters() if p.requires_grad]
         low = any(p.dtype != torch.float32 for p in trainable)
-        return cls(trainable) if low and not using_deepspeed() else None
+        return cls(trainable) if low and not deepspeed else None
 
 
 def bf16_native() -> bool:

@@ -155,7 +155,7 @@ class OnlineLoop:
         self.after_update = after_update or (lambda: None)
         self.after_sampling = after_sampling or (lambda: None)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_ids(tokenizer)[0]
-        self.masters = MasterWeights.where_needed(model)
+        self.masters = MasterWeights.where_needed(model, using_deepspeed())
         stepped = self.masters.copies if self.masters is not None else [p for p in model.parameters() if p.requires_grad]
         # lr set per update by the schedule
         optimizer = torch.optim.AdamW(stepped, lr=1.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
