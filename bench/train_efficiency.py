@@ -36,15 +36,11 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop line
 import torch  # noqa: E402
 
 from rebelflow.ml.batching import batch_logps, pad_and_forward, pair_loss, right_padded
-from rebelflow.ml.models import MasterWeights, bf16_native
+from rebelflow.ml.models import MasterWeights, bf16_native, device
 from rebelflow.stages.sft import reply_loss
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm",
               "aten::_scaled_dot_product", "mkldnn", "aten::_addmm_activation")
-
-
-def device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def sync() -> None:

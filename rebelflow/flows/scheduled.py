@@ -41,6 +41,12 @@ def load_run(config: str, overrides: list[str], store: str | None):
     return name_variant(cfg, base, overrides)
 
 
+def _say_policy(policy, store_root) -> None:
+    note = final_policy_note(policy, store_root)
+    if note is not None:  # an external policy: no round trained
+        print(note)
+
+
 @flow(name="campaign-next-round", log_prints=True)
 def next_round_flow(config: str, overrides: list[str] | None = None, store: str | None = None) -> dict[str, Any]:
     cfg = load_run(config, overrides or [], store)
@@ -51,7 +57,7 @@ def next_round_flow(config: str, overrides: list[str] | None = None, store: str 
         return {"campaign": cfg.campaign, "round": None}
     print(f"campaign {cfg.campaign}: running round {k} of {cfg.rounds}")
     result = campaign_flow(cfg, through=k)
-    print(final_policy_note(result["policy"], cfg.store.root) or "")
+    _say_policy(result["policy"], cfg.store.root)
     return {"campaign": cfg.campaign, "round": k, "summary": result["summary"]}
 
 
@@ -61,7 +67,7 @@ def rounds_flow(config: str, through: int | None = None, overrides: list[str] | 
     cfg = load_run(config, overrides or [], store)
     preflight(cfg)
     result = campaign_flow(cfg, through=through)
-    print(final_policy_note(result["policy"], cfg.store.root) or "")
+    _say_policy(result["policy"], cfg.store.root)
     return {"campaign": cfg.campaign, "summary": result["summary"]}
 
 

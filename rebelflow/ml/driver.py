@@ -102,9 +102,10 @@ def fit_model(model, fit: Fit, settings: TrainingSettings, plan: list[list[int]]
     """Train `model` through `plan`, resuming from the latest checkpoint under `checkpoint_dir`."""
     steps = per_rank_accumulation(fit.per_update, fit.micro_batch, f"{fit.section}.{fit.per_update_key}")
     accelerator = make_accelerator(steps, fit.micro_batch, settings.max_grad_norm)
-    if not using_deepspeed():  # on its device first: the fp32 copies of 16-bit weights are made where they live
+    deepspeed = using_deepspeed()
+    if not deepspeed:  # on its device first: the fp32 copies of 16-bit weights are made where they live
         model = model.to(accelerator.device)
-    masters = MasterWeights.where_needed(model, using_deepspeed())  # 16-bit weights step through fp32 copies
+    masters = MasterWeights.where_needed(model, deepspeed)  # 16-bit weights step through fp32 copies
     optimizer = adamw(masters.copies if masters is not None else model.parameters(), settings.lr, settings.betas,
                       settings.eps, settings.weight_decay)
     scheduler = cosine_schedule(optimizer, len(plan), settings.warmup_ratio)

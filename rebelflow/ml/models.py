@@ -149,11 +149,15 @@ def bf16_native() -> bool:
 
 @cache
 def cpu_has_bf16() -> bool:
+    """This CPU's flags (/proc/cpuinfo), or on macOS the kernel's report of Arm's BF16 extension (M2 on)."""
     import platform
     import subprocess
 
-    if platform.system() == "Darwin":  # Apple silicon from M2 on
-        got = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+    if platform.system() == "Darwin":
+        try:
+            got = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+        except OSError:
+            return False
         return got.stdout.strip() == "1"
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -101,6 +101,3 @@ def cpu_dtype(r: Rehearsal, path: str, dtype: str) -> None:
 def tracking_offline(r: Rehearsal, wandb) -> None:
     if wandb is not None and wandb.mode == "online":
         r.set("tracking.wandb.mode", "offline", "nothing leaves this machine")
-
-
-
