@@ -7,7 +7,6 @@ names the key and the valid ones.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,54 +15,14 @@ from rebelflow.config.base import Section
 from rebelflow.config.dialogue import DEFAULT_USER_TEMPLATE, DialogueConfig, OpenAIConfig, UserConfig  # noqa: F401
 from rebelflow.config.engines import DTYPE, VLLMConfig
 from rebelflow.config.judge import JudgeConfig
+from rebelflow.config.launcher import LauncherConfig  # noqa: F401  (re-exported)
 from rebelflow.config.online import OnlineConfig
 from rebelflow.config.operations import HubConfig, TrackingConfig, VariantConfig, WandbConfig  # noqa: F401  (re-exported)
+from rebelflow.config.training import LogprobsConfig, LoraConfig, TrainConfig  # noqa: F401  (re-exported)
 
 # Stages of a round in order; `stop_after` may end a round early (then a campaign has one round).
 ROUND_STAGES = ("prompts", "generate", "score", "prepare", "logprobs", "train", "evaluate")
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-
-
-class LauncherConfig(Section):
-    """Where a stage runs. Not part of any fingerprint: it changes how, not what, a stage computes."""
-
-    kind: Literal["inprocess", "subprocess", "accelerate"] = "inprocess"
-    python: str | None = Field(None, description="interpreter for subprocess/accelerate (default: this one)")
-    env: str | None = Field(
-        None, description="a named environment instead of python: .venv-<env>/bin/python, e.g. vllm (make vllm-env)"
-    )
-    num_processes: int | None = Field(
-        None, ge=1, description="accelerate: processes, one per GPU (default: the config_file's, else 1)"
-    )
-    config_file: str | None = Field(None, description="accelerate: a launch config, e.g. configs/accelerate/*.yaml")
-
-    @model_validator(mode="after")
-    def _where(self) -> LauncherConfig:
-        if self.python and self.env:
-            raise ValueError(f"set python ({self.python!r}) or env ({self.env!r}), not both: both name the interpreter.")
-        if self.kind == "inprocess" and (self.python or self.env):
-            raise ValueError(
-                "another interpreter needs another process: set kind: subprocess (or accelerate) with python/env."
-            )
-        if self.kind != "accelerate" and (self.config_file or self.num_processes):
-            raise ValueError("num_processes and config_file are accelerate options: set kind: accelerate.")
-        return self
-
-    def processes(self) -> int:
-        """The processes this launch starts: num_processes, else the accelerate config file's, else 1."""
-        if self.kind != "accelerate":
-            return 1
-        if self.num_processes:
-            return self.num_processes
-        if self.config_file and Path(self.config_file).is_file():
-            import yaml
-
-            n = (yaml.safe_load(Path(self.config_file).read_text()) or {}).get("num_processes")
-            if isinstance(n, int) and n >= 1:
-                return n
-        return 1
 
 
 class TinyModelConfig(Section):
@@ -214,84 +173,6 @@ class PrepareConfig(Section):
     validation_pairs: int = Field(1000, ge=0, description="pairs held out for validation")
     seed: int = 0
     launcher: LauncherConfig = LauncherConfig()
-
-
-class LogprobsConfig(Section):
-    batch_pairs: int = Field(16, ge=1, description="pairs per forward batch (sorted by length, padded per batch)")
-    dtype: DTYPE = "float32"
-    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
-    launcher: LauncherConfig = LauncherConfig()
-
-
-class LoraConfig(Section):
-    """LoRA adapters (peft) for train.trainable: lora; merged into the weights when the model is saved."""
-
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class TrainConfig(Section):
-    objective: Literal["rebel", "dpo", "ipo", "raft"] = Field(
-        "rebel", description="rebel (REBEL/REFUEL's regression), dpo or ipo against `reference`, or raft (supervised "
-                             "loss on each prompt's best response); the same pairs for all, so only train differs")
-    eta: float = Field(1000.0, gt=0, description="REBEL's η: the regression target is η × reward difference")
-    beta: float = Field(0.1, gt=0, description="DPO/IPO's β: DPO's implicit reward is β × log-ratio; IPO's margin target 1/(2β)")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO only: the conservative DPO's label-flip rate")
-    reference: Literal["round", "initial"] = Field(
-        "round", description="DPO/IPO's reference: the round's starting policy (iterative DPO) or the initial policy")
-    lr: float = Field(3e-7, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(1, ge=1)
-    pairs_per_update: int = Field(128, ge=1)
-    micro_batch_pairs: int = Field(8, ge=1)
-    max_grad_norm: float | None = Field(None, gt=0)
-    eval_every: int = Field(10, ge=1, description="validation loss and sign agreement every N updates")
-    checkpoint_every: int = Field(20, ge=1, description="a resumable checkpoint every N updates")
-    trainable: Literal["all", "lora"] | int = Field(
-        "all", description='"all", k (only the top k decoder layers) or "lora" (adapters, merged on save)'
-    )
-    lora: LoraConfig = LoraConfig()
-    dtype: DTYPE = "float32"
-    seed: int = 0
-    launcher: LauncherConfig = LauncherConfig(kind="accelerate")
-
-    @model_validator(mode="after")
-    def _micro_batches(self) -> TrainConfig:
-        if self.pairs_per_update % self.micro_batch_pairs:
-            raise ValueError(
-                f"micro_batch_pairs ({self.micro_batch_pairs}) must divide pairs_per_update "
-                f"({self.pairs_per_update}): a pair must stay in one micro-batch. Set micro_batch_pairs to a "
-                f"divisor of {self.pairs_per_update}."
-            )
-        if isinstance(self.trainable, int) and self.trainable < 1:
-            raise ValueError(f"trainable ({self.trainable}) must be 'all', 'lora' or a number of top layers >= 1.")
-        if self.label_smoothing and self.objective != "dpo":
-            raise ValueError(f"label_smoothing ({self.label_smoothing}) applies to objective: dpo only, not "
-                             f"{self.objective}. Remove train.label_smoothing or set train.objective: dpo.")
-        if self.reference != "round" and self.objective not in ("dpo", "ipo"):
-            raise ValueError(f"reference ({self.reference}) is DPO's and IPO's reference policy; objective "
-                             f"{self.objective} has none. Remove train.reference or set train.objective: dpo or ipo.")
-        return self
-
-    @property
-    def needs_logprobs(self) -> bool:
-        """Whether training reads reference logprobs (the logprobs stage): all objectives but RAFT's supervised loss."""
-        return self.objective != "raft"
-
-    def split_over_ranks(self) -> None:
-        """An iterative round's update is shared out in equal micro-batches (online rounds split minibatch_pairs)."""
-        ranks = self.launcher.processes()
-        if self.pairs_per_update % (ranks * self.micro_batch_pairs):
-            raise ValueError(
-                f"train.pairs_per_update ({self.pairs_per_update}) must split into equal micro-batches of "
-                f"micro_batch_pairs ({self.micro_batch_pairs}) over the launcher's {ranks} processes. Make it a "
-                f"multiple of {ranks * self.micro_batch_pairs}."
-            )
 
 
 class EvaluateConfig(Section):
