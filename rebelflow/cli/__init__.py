@@ -86,11 +86,18 @@ def _without_overrides(config: str, store: str | None, rehearse: bool):
         return None
 
 
+RecordOpt = Annotated[bool, typer.Option(
+    "--record", help="go through Prefect even when every stage is in the store and the summary is current "
+                     "(records a flow run of cached stages; without it such a re-run only prints the tables)")]
+
+
 @app.command()
 def run(config: ConfigArg, set_: SetOpt = [], store: StoreOpt = None, rehearse: RehearseOpt = False,
-        verbose: VerboseOpt = False) -> None:
+        verbose: VerboseOpt = False, record: RecordOpt = False) -> None:
     """Run or resume a campaign: finished stages are taken from the store, the rest run."""
     cfg = _load(config, set_, store, check_data=True, rehearse=rehearse)
+    if not record and _print_up_to_date(cfg):
+        return
     with console_for(cfg.store.root, cfg.campaign, verbose):
         _run_campaign(cfg)
 
@@ -106,21 +113,48 @@ def _run_campaign(cfg) -> None:
             result = campaign_flow(cfg)
         except REPORTED as exc:
             report(exc, cfg.store.root)
-    variant = f" (variant of {cfg.variant.of}: {escape(cfg.variant.label())})" if cfg.variant else ""
-    table = Table(title=f"campaign {cfg.campaign}{variant} · {time.time() - started:.1f}s · store {cfg.store.root}")
-    for col in ("round", "stage", "artifact", "status", "seconds"):
-        add_column(table, col, [r["id"] for r in result["records"]] if col == "artifact" else None)
-    for r in result["records"]:
-        table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
-    console.print(table)
-    if result["summary"]:
-        _print_rounds(result["summary"], cfg.store.root)
-    _print_policy(result.get("policy"), cfg.store.root)
+    _print_campaign(cfg, result["records"], f"{time.time() - started:.1f}s", result["summary"], result.get("policy"))
     console.print("Browse the runs in the Prefect UI: rebelflow server  (then open the printed address)")
 
 
+def _print_up_to_date(cfg) -> bool:
+    """A re-run that would change nothing (every stage in the store, the summary made from exactly them;
+    no Hub to sync with): print what the run would print, without starting Prefect. False otherwise."""
+    from rebelflow.flows.summary import up_to_date
+    from rebelflow.planning.campaign import campaign_plan
+    from rebelflow.store.local import Store
+
+    if cfg.hub is not None:
+        return False
+    started = time.time()
+    jobs, policy = campaign_plan(cfg)
+    summary = up_to_date(Store(cfg.store.root), cfg.campaign, [j.ref for j in jobs],
+                         cfg.variant.model_dump() if cfg.variant else None)
+    if summary is None:
+        return False
+    records = [{"round": j.round, "stage": j.name, "id": j.ref.id, "status": "cached", "seconds": 0.0} for j in jobs]
+    _print_campaign(cfg, records, f"{time.time() - started:.1f}s", summary, policy)
+    console.print("Up to date: every stage is in the store and the summary was made from them, so nothing ran "
+                  "and no flow run was recorded (--record records one).", soft_wrap=True)
+    return True
+
+
+def _print_campaign(cfg, records: list[dict], took: str, summary: dict | None, policy) -> None:
+    """The stage table (one row per stage: ran, cached or failed), the rounds' evaluation, the final policy."""
+    variant = f" (variant of {cfg.variant.of}: {escape(cfg.variant.label())})" if cfg.variant else ""
+    table = Table(title=f"campaign {cfg.campaign}{variant} · {took} · store {cfg.store.root}")
+    for col in ("round", "stage", "artifact", "status", "seconds"):
+        add_column(table, col, [r["id"] for r in records] if col == "artifact" else None)
+    for r in records:
+        table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
+    console.print(table)
+    if summary:
+        _print_rounds(summary, cfg.store.root)
+    _print_policy(policy, cfg.store.root)
+
+
 def _print_policy(policy, store_root: str) -> None:
-    from rebelflow.flows.campaign import final_policy_note
+    from rebelflow.flows.summary import final_policy_note
 
     note = final_policy_note(policy, store_root)
     if note is not None:

@@ -44,21 +44,11 @@ def campaign_flow(cfg: RunConfig, through: int | None = None) -> dict[str, Any]:
     if base.eval_scored is not None:
         summary = campaign_summary(store, cfg.campaign, base.eval_scored, evaluations, cfg.dialogue is not None, online,
                                    judged, round_diagnostics(store, records),
-                                   cfg.variant.model_dump() if cfg.variant else None)
+                                   cfg.variant.model_dump() if cfg.variant else None, [r["id"] for r in records])
     publish_campaign(cfg.campaign, records, summary, store)
     if summary is not None:
         publish_comparison(cfg.variant.of if cfg.variant else cfg.campaign, store)
     return {"records": records, "summary": summary, "policy": policy}
-
-
-def final_policy_note(policy, store_root) -> str | None:
-    """Where a campaign's final policy is, and how to take it out of the store (None for an external model:
-    no round trained)."""
-    if policy is None or policy.external:
-        return None
-    folder = Store(store_root).path(policy) / "model"
-    return (f"Final policy: {folder}  (a plain HF folder; copy it out with: rebelflow export {policy.id} DIR "
-            f"--store {store_root})")
 
 
 def round_diagnostics(store: Store, records: list[dict[str, Any]]) -> dict[int, list[str]]:

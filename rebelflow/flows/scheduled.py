@@ -17,8 +17,9 @@ from prefect import flow
 
 from rebelflow.config.errors import RebelflowError
 from rebelflow.config.loading import load_config
-from rebelflow.flows.campaign import campaign_flow, final_policy_note
+from rebelflow.flows.campaign import campaign_flow
 from rebelflow.flows.reward_model import reward_model_flow
+from rebelflow.flows.summary import final_policy_note
 from rebelflow.planning.campaign import name_variant, plan_status
 from rebelflow.planning.preflight import preflight
 

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rebelflow.ml.driver import curve
 from rebelflow.stages import evaluate, evaluate_dialogues
 from rebelflow.store.local import Store, write_json_atomic
 from rebelflow.store.refs import ArtifactRef
@@ -18,11 +17,13 @@ def campaign_summary(
     store: Store, campaign: str, baseline_scored: ArtifactRef, evaluations: list[tuple[int, ArtifactRef]],
     dialogues: bool = False, online: list[tuple[int, ArtifactRef]] = (), judged: dict[int, ArtifactRef] | None = None,
     diagnostics: dict[int, list[str]] | None = None, variant: dict[str, Any] | None = None,
+    made_from: list[str] = (),
 ) -> dict[str, Any]:
     """Write summary.json and summary.png (and online.png, the per-iteration curves of online rounds);
     returns the summary. `judged`: per round, its judge artifact (evaluate.judge), whose win rate joins
     the round's entry; `diagnostics`: per round, what looks wrong in it (flows.diagnostics); `variant`: the
-    campaign this run varies and its overrides (config VariantConfig), for `rebelflow compare`."""
+    campaign this run varies and its overrides (config VariantConfig), for `rebelflow compare`; `made_from`:
+    the ids of every stage of the run, in order (what `up_to_date` compares with a re-run's plan)."""
     base_rows = store.read_rows(baseline_scored)
     if dialogues:
         start = evaluate_dialogues.summarise(evaluate_dialogues.compare(base_rows, base_rows))
@@ -38,13 +39,16 @@ def campaign_summary(
             rounds[-1]["judge"] = j["judge"]
         if diagnostics and diagnostics.get(k):
             rounds[-1]["diagnostics"] = diagnostics[k]
-    summary = {"campaign": campaign, "rounds": rounds}
+    summary = {"campaign": campaign, "rounds": rounds,
+               "made_from": {"version": SUMMARY_VERSION, "artifacts": list(made_from)}}
     if variant:
         summary["variant"] = variant
     folder = store.root / "campaigns" / campaign
     folder.mkdir(parents=True, exist_ok=True)
     iterations = online_curve(store, online)
     if iterations:
+        from rebelflow.ml.driver import curve  # torch: only for online campaigns
+
         summary["online"] = curve(iterations, ONLINE_KEYS, points=200)
         plot_online(iterations, folder / "online.png", campaign)
     else:  # an earlier online run of this campaign name
@@ -52,6 +56,25 @@ def campaign_summary(
     write_json_atomic(folder / "summary.json", summary)
     plot(rounds, folder / "summary.png", campaign)
     return summary
+
+
+SUMMARY_VERSION = 1  # bump when the summary's content changes: a re-run then writes it again
+
+
+def up_to_date(store: Store, campaign: str, artifacts: list[ArtifactRef], variant: dict[str, Any] | None) -> dict | None:
+    """The campaign's summary when a re-run would change nothing: every stage's artifact complete in the
+    store (a damaged one is not), and summary.json and its plot made from exactly these artifacts, as this
+    variant, by this version of the summary. None otherwise (the run goes through its flow)."""
+    folder = store.root / "campaigns" / campaign
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    made = summary.get("made_from") or {}
+    if (made.get("version") != SUMMARY_VERSION or made.get("artifacts") != [a.id for a in artifacts]
+            or summary.get("variant") != variant or not (folder / "summary.png").is_file()):
+        return None
+    return summary if all(store.is_complete(a) for a in artifacts) else None
 
 
 ONLINE_KEYS = ("round", "iteration", "step", "score", "reward", "kl", "penalty_rate", "loss", "value_loss", "val_score",
@@ -156,6 +179,16 @@ def plot(rounds: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def final_policy_note(policy, store_root) -> str | None:
+    """Where a campaign's final policy is, and how to take it out of the store (None for an external model:
+    no round trained)."""
+    if policy is None or policy.external:
+        return None
+    folder = Store(store_root).path(policy) / "model"
+    return (f"Final policy: {folder}  (a plain HF folder; copy it out with: rebelflow export {policy.id} DIR "
+            f"--store {store_root})")
 
 
 def read_summary(store: Store, campaign: str) -> dict[str, Any] | None:

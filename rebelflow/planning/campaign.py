@@ -205,13 +205,18 @@ def name_variant(cfg: RunConfig, base: RunConfig | None, overrides: list[str]) -
 
 def campaign_jobs(cfg: RunConfig) -> list[StageJob]:
     """Every job of the campaign in order: round 0, then each round's steps."""
+    return campaign_plan(cfg)[0]
+
+
+def campaign_plan(cfg: RunConfig) -> tuple[list[StageJob], ArtifactRef | None]:
+    """Every job of the campaign in order, and the policy it ends with (as `flows.campaign` hands it on)."""
     base = baseline(cfg)
     jobs, policy = list(base.jobs), base.policy
     for k in range(1, cfg.rounds + 1):
         step = round_plan(cfg, k, policy, base)
         jobs += step.jobs()
-        policy = step.policy
-    return jobs
+        policy = step.policy or policy
+    return jobs, policy
 
 
 def _eval_samples(cfg: RunConfig, k: int, eval_prompts: ArtifactRef, policy: ArtifactRef) -> tuple[StageJob, StageJob]:

@@ -2,7 +2,7 @@
 
 A subprocess gets the job as a JSON file and runs `python -m rebelflow.stages.<stage> --job FILE`, or
 `python -m accelerate.commands.launch ... --module rebelflow.stages.<stage> --job FILE` for kind=accelerate
-(the launch config, e.g. DeepSpeed ZeRO, comes from launcher.config_file).
+with several processes or a launch config (e.g. DeepSpeed ZeRO, from launcher.config_file).
 Its stdout and stderr are merged into one pipe, written whole to `<store>/logs/<id>.log` and passed line
 by line (at most a few per second) to `emit`, e.g. the Prefect run logger. A user error inside the
 subprocess comes back as the same error class; cancelling kills the whole process group.
@@ -129,14 +129,19 @@ def _failure(returncode: int, tail: deque, log_path: Path, reports: Reports) -> 
 
 
 def _entry(job: StageJob, python: str) -> list[str]:
-    """The command that runs the stage module: plain Python, or `accelerate launch` around it."""
+    """The command that runs the stage module: plain Python, or `accelerate launch` around it. One process
+    without a launch config runs as plain Python too: `accelerate launch` would only start it as a child,
+    after importing torch itself (2 s per stage on a CPU), and would pin it to one thread (below)."""
     module = f"rebelflow.stages.{job.stage}"
-    if job.launcher.kind != "accelerate":
+    processes = job.launcher.num_processes
+    if job.launcher.kind != "accelerate" or (processes or 1) == 1 and not job.launcher.config_file:
         return [python, "-u", "-m", module]
     cmd = [python, "-m", "accelerate.commands.launch"]
-    processes = job.launcher.num_processes
     if processes is not None:
         cmd += ["--num_processes", str(processes)]
+    # `accelerate launch` sets OMP_NUM_THREADS to 1 unless told (or run with --cpu): on a CPU that would
+    # leave all cores but one idle. Each process gets its share of the cores; a user's OMP_NUM_THREADS wins.
+    cmd += ["--num_cpu_threads_per_process", str(threads_per_process(job.launcher.processes()))]
     if job.launcher.config_file:
         cmd += ["--config_file", job.launcher.config_file]
         # the stage's dtype decides, not the config's mixed_precision: DeepSpeed would cast an fp32 policy to
@@ -144,11 +149,19 @@ def _entry(job: StageJob, python: str) -> list[str]:
         precision = {"bfloat16": "bf16", "float16": "fp16"}.get(job.settings.get("dtype"), "no") if _cuda() else "no"
         cmd += ["--mixed_precision", precision]
     else:  # explicit defaults, so accelerate does not read (or warn about) a user-level default config
-        cmd += ["--num_processes", "1"] if processes is None else []
-        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if (processes or 1) > 1:
-            cmd += ["--multi_gpu"]
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
     return [*cmd, "--module", module]
+
+
+def threads_per_process(processes: int) -> int:
+    """CPU threads for each of a launch's processes: $OMP_NUM_THREADS when set, else the physical cores
+    shared out (torch's own default for one process)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
 
 
 def kill_tree(pid: int) -> None:

@@ -71,9 +71,9 @@ def test_killing_the_launcher_at_start_up_ends_the_stage_processes(tmp_path, pro
     """Killed before the stage writes a line (no broken pipe to end it): its processes still end at once."""
     store, job, launcher = train_launched(tmp_path, prompts_file, tiny_policy)
     deadline = time.time() + 120
-    while not watching(job.ref.id) and time.time() < deadline:  # accelerate and its worker, still starting up
+    while not watching(job.ref.id) and time.time() < deadline:  # the stage process, still starting up
         time.sleep(0.05)
-    assert watching(job.ref.id) and len(stage_processes(job.ref.id)) >= 2
+    assert watching(job.ref.id)
     assert not kill_and_wait(launcher, job.ref.id, 2), "stage processes outlived their launcher"
     assert not store.is_complete(job.ref)
 

@@ -1,0 +1,54 @@
+"""The command a stage job runs under: plain Python for one process, `accelerate launch` with each
+process's share of the CPU cores for several or a launch config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from rebelflow.config.campaign import LauncherConfig
+from rebelflow.planning.jobs import StageJob
+from rebelflow.running.launch import _entry, threads_per_process
+from rebelflow.store.refs import ArtifactRef
+
+
+def job(**launcher) -> StageJob:
+    ref = ArtifactRef(stage="train", id="train-0123456789abcdef", kind="model")
+    return StageJob(stage="train", name="train", round=1, settings={"dtype": "float32"}, inputs=[], ref=ref,
+                    launcher=LauncherConfig(**launcher))
+
+
+def test_one_process_runs_the_stage_module_itself_without_accelerates_launcher():
+    python = "/some/python"
+    for launcher in ({"kind": "accelerate"}, {"kind": "accelerate", "num_processes": 1}, {"kind": "subprocess"}):
+        assert _entry(job(**launcher), python) == [python, "-u", "-m", "rebelflow.stages.train"]
+
+
+def test_several_processes_each_get_their_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cmd = _entry(job(kind="accelerate", num_processes=2), sys.executable)
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and cmd[-2:] == ["--module", "rebelflow.stages.train"]
+    threads = int(cmd[cmd.index("--num_cpu_threads_per_process") + 1])
+    assert threads == max(1, psutil.cpu_count(logical=False) // 2)
+    assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+    assert threads_per_process(2) == 3
+
+
+@pytest.mark.parametrize("omp", [None, "2"])
+def test_the_threads_reach_the_stage_process(monkeypatch, tmp_path, omp):
+    """What accelerate itself would give the process (without the flag: OMP_NUM_THREADS=1, one core)."""
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    script = tmp_path / "threads.py"
+    script.write_text("import os; print('threads', os.environ.get('OMP_NUM_THREADS'))\n")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process",
+              str(threads_per_process(1)), str(script)]
+    out = subprocess.run(launch, capture_output=True, text=True, check=True).stdout
+    assert f"threads {threads_per_process(1)}" in out
