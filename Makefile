@@ -92,16 +92,17 @@ test-all: $(STAMP) $(VLLM_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rebelflow tests bench
 
+BENCH_RESULTS ?= bench-results.jsonl
+
+# Each benchmark prints its own lines and records its headline measures; the table at the end shows them all
+# with their targets (bench/measures.py).
 bench: $(STAMP) $(VLLM_STAMP)
-	$(PY) bench/store_verify.py
-	$(PY) bench/train_padding.py
-	$(PY) bench/train_efficiency.py
-	$(PY) bench/cached_rerun.py
-	$(PY) bench/dialogue_batching.py
-	$(PY) bench/score_batching.py
-	$(PY) bench/generate_engines.py
-	$(PY) bench/train_vs_trl.py
-	$(PY) bench/online_loop.py
+	rm -f $(BENCH_RESULTS)
+	export REBELFLOW_BENCH_RESULTS=$(abspath $(BENCH_RESULTS)); \
+	for b in store_verify train_padding train_efficiency cached_rerun memory_rounds dialogue_batching \
+	         score_batching generate_engines train_vs_trl online_loop; do \
+	  echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	$(PY) bench/measures.py $(BENCH_RESULTS)
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache

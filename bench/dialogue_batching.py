@@ -11,6 +11,8 @@ import argparse
 import tempfile
 import time
 
+from measures import measure
+
 from rebelflow.config.campaign import TinyModelConfig, UserConfig
 from rebelflow.engines.hf import HFEngine
 from rebelflow.ml.tiny import build_policy
@@ -45,6 +47,7 @@ def main() -> None:
     print(f"turn-batched:        {batched:.1f} dialogues/s")
     print(f"one at a time:       {single:.1f} dialogues/s")
     print(f"ratio batched/single: {batched / single:.1f}x")
+    measure("dialogue_batching", "turn-batched / one dialogue at a time", batched / single, "x", at_least=2)
 
 
 if __name__ == "__main__":

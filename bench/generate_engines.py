@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measures import measure
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,6 +74,8 @@ def main() -> None:
     ratio = (vl["tokens"] / vl["seconds"]) / (hf["tokens"] / hf["seconds"])
     ratio_all = (vl["tokens"] / (vl["seconds"] + vl["startup"])) / (hf["tokens"] / (hf["seconds"] + hf["startup"]))
     print(f"vllm/hf tokens per second: {ratio:.1f}x excluding start-up, {ratio_all:.2f}x including")
+    measure("generate_engines", "vLLM CPU / transformers tokens/s, excl. start-up", ratio, "x", at_least=1)
+    measure("generate_engines", "the same including start-up", ratio_all, "x")
 
 
 if __name__ == "__main__":

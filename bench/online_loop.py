@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measures import measure
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,6 +54,8 @@ def main() -> None:
         print(f"{what:44s} {seconds:6.1f}s  {60 * n / seconds:6.1f} iterations/minute")
     print(f"resident / offline rounds: {offline / resident:.1f}x, resident / one-iteration online rounds: "
           f"{per_round / resident:.1f}x iterations per minute")
+    measure("online_loop", "resident loop / offline rounds, iterations/min", offline / resident, "x", at_least=5)
+    measure("online_loop", "resident loop / one-iteration online rounds", per_round / resident, "x", at_least=2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import random
 import tempfile
 import time
 
+from measures import measure
+
 from rebelflow.config.campaign import RewardConfig, TinyModelConfig
 from rebelflow.ml.tiny import build_classifier
 from rebelflow.rewards import load_reward
@@ -42,6 +44,8 @@ def main() -> None:
     print(f"batched ({args.batch_size}, length-sorted): {batched_rate:.1f} responses/s")
     print(f"one at a time:             {single_rate:.1f} responses/s")
     print(f"ratio batched/single: {batched_rate / single_rate:.1f}x   largest score difference: {diff:.2e}")
+    measure("score_batching", "batched / one at a time, responses/s", batched_rate / single_rate, "x")
+    measure("score_batching", "largest score difference, batched vs single", diff, "", at_most=1e-5)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from collections.abc import Callable
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop lines
 
 import torch  # noqa: E402
+from measures import measure  # noqa: E402
 
 from rebelflow.ml.batching import batch_logps, pad_and_forward, pair_loss, right_padded
 from rebelflow.ml.models import MasterWeights, bf16_native, device
@@ -350,6 +351,10 @@ def main() -> None:
         each = ", ".join(f"{m} {r['of_peak']:.0%} of its peak" + ("" if m == "fp32" or "fp32" not in got else
                          f" ({r['gflops'] / got['fp32']['gflops']:.1f}x fp32's FLOP/s)") for m, r in got.items())
         print(f"\n{stage} (target 50% of the peak): {each}. Fastest, {best['mode']}: {verdict}")
+        for m, r in got.items():
+            measure("train_efficiency", f"{stage} FLOP/s, {m}, of its peak", r["of_peak"], "%", at_least=0.5)
+        if "fp32" in got and "bf16" in got:
+            measure("train_efficiency", f"{stage} FLOP/s, bf16 / fp32", got["bf16"]["gflops"] / got["fp32"]["gflops"], "x")
         for r in got.values():
             r["shape_ceiling_gflops"] = (shapes if stage == "train" else forward_shapes)[
                 "fp32" if r["mode"] == "fp32" else "bf16"] / 1e9

@@ -123,6 +123,7 @@ def _print_up_to_date(cfg) -> bool:
     from rebelflow.flows.summary import up_to_date
     from rebelflow.planning.campaign import campaign_plan
     from rebelflow.store.local import Store
+    from rebelflow.store.resources import recorded_peak
 
     if cfg.hub is not None:
         return False
@@ -132,7 +133,9 @@ def _print_up_to_date(cfg) -> bool:
                          cfg.variant.model_dump() if cfg.variant else None)
     if summary is None:
         return False
-    records = [{"round": j.round, "stage": j.name, "id": j.ref.id, "status": "cached", "seconds": 0.0} for j in jobs]
+    store_obj = Store(cfg.store.root)
+    records = [{"round": j.round, "stage": j.name, "id": j.ref.id, "status": "cached", "seconds": 0.0,
+                "peak_mib": recorded_peak(store_obj.manifest(j.ref))} for j in jobs]
     _print_campaign(cfg, records, f"{time.time() - started:.1f}s", summary, policy)
     console.print("Up to date: every stage is in the store and the summary was made from them, so nothing ran "
                   "and no flow run was recorded (--record records one).", soft_wrap=True)
@@ -143,10 +146,11 @@ def _print_campaign(cfg, records: list[dict], took: str, summary: dict | None, p
     """The stage table (one row per stage: ran, cached or failed), the rounds' evaluation, the final policy."""
     variant = f" (variant of {cfg.variant.of}: {escape(cfg.variant.label())})" if cfg.variant else ""
     table = Table(title=f"campaign {cfg.campaign}{variant} · {took} · store {cfg.store.root}")
-    for col in ("round", "stage", "artifact", "status", "seconds"):
+    for col in ("round", "stage", "artifact", "status", "seconds", "peak MiB"):
         add_column(table, col, [r["id"] for r in records] if col == "artifact" else None)
     for r in records:
-        table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}")
+        peak = "–" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
+        table.add_row(str(r["round"]), r["stage"], r["id"], r["status"], f"{r['seconds']:.2f}", peak)
     console.print(table)
     if summary:
         _print_rounds(summary, cfg.store.root)

@@ -14,6 +14,7 @@ from rebelflow.planning.jobs import StageJob
 from rebelflow.store.hub import fetch, pinned_commit, publish, record_in_index
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
+from rebelflow.store.resources import recorded_peak
 from rebelflow.tasks import task_for
 
 
@@ -63,7 +64,8 @@ def run_stage(campaign: str, job: StageJob, store: Store, hub: HubConfig | None 
         tracker = Tracker(run_info(tracking, str(store.root), campaign, name, job.name), {"round": job.round})
         tracker.log(numbers(store.manifest(ref).get("summary", {})) | {"round": job.round})
         tracker.finish(store.manifest(ref).get("summary", {}))
-    return {"round": job.round, "stage": job.name, "id": ref.id, "status": status, "seconds": round(seconds, 2)}
+    return {"round": job.round, "stage": job.name, "id": ref.id, "status": status, "seconds": round(seconds, 2),
+            "peak_mib": recorded_peak(store.manifest(ref))}
 
 
 TRAINING_STAGES = ("train", "sft", "rm_train")

@@ -38,6 +38,7 @@ from rebelflow.running.stage_cli import ERROR_PREFIX, run_job
 from rebelflow.stages import LAUNCHER_ENV
 from rebelflow.store.local import Store
 from rebelflow.store.refs import ArtifactRef
+from rebelflow.store.resources import reset_peak_rss
 
 
 def launch(job: StageJob, store: Store, emit: Callable[[str], None] = print) -> ArtifactRef:
@@ -49,6 +50,7 @@ def launch(job: StageJob, store: Store, emit: Callable[[str], None] = print) -> 
         if job.launcher.kind != "inprocess":
             return _subprocess(job, store, emit)
         try:
+            reset_peak_rss()  # the flow's process: the stage's manifest records its own peak
             return run_job(job, store)
         except REPORTED:
             raise

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from rebelflow.config.errors import DataError
 from rebelflow.store.refs import ArtifactRef, canonical_json, sha256_file
+from rebelflow.store.resources import usage
 
 log = logging.getLogger("rebelflow.store")
 
@@ -332,6 +333,7 @@ class ArtifactWriter:
             "files": files,
             "created_at": _now(),
             "timings": {"seconds": round(time.time() - self.started, 3)},
+            "resources": usage(),
             "versions": library_versions(),
             "summary": summary or {},
         }

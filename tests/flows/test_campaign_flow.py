@@ -191,6 +191,8 @@ def test_a_rerun_with_nothing_to_do_prints_the_tables_without_a_flow_run(tmp_pat
     assert "Up to date" in again.output and campaign_runs() == 1  # no flow run
     table = [line for line in again.output.splitlines() if re.match(r"│ [01] ", line)]
     assert len(table) == len(jobs) and all("│ cached │" in line for line in table)
+    peaks = [line.rstrip().rsplit("│", 2)[-2].strip() for line in table]  # each stage's peak MiB, from its manifest
+    assert all(p.isdigit() and int(p) > 10 for p in peaks), peaks
     assert "evaluation per round" in again.output and "Final policy:" in again.output
 
     recorded = runner.invoke(app, ["run", str(cfg_file), "--store", store, "--record"])
