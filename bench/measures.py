@@ -30,9 +30,16 @@ def _number(value: float, unit: str) -> str:
     return f"{value:.3g}{'' if unit == 'x' else ' '}{'×' if unit == 'x' else unit}"
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def table(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    out = [f"make bench on {platform.machine()} · {os.cpu_count()} CPUs · {platform.processor() or platform.system()}",
+    out = [f"make bench on {cpu_name()} · {os.cpu_count()} CPUs · {platform.system()}",
            f"{'benchmark':<20} {'measure':<52} {'value':>10}  {'target':<10} met"]
     for r in rows:
         if r["at_least"] is not None:
