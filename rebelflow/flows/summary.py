@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rebelflow.stages import evaluate, evaluate_dialogues
-from rebelflow.store.local import Store, write_json_atomic
+from rebelflow.store.local import Store, library_versions, write_json_atomic
 from rebelflow.store.refs import ArtifactRef
 
 
@@ -39,8 +39,7 @@ def campaign_summary(
             rounds[-1]["judge"] = j["judge"]
         if diagnostics and diagnostics.get(k):
             rounds[-1]["diagnostics"] = diagnostics[k]
-    summary = {"campaign": campaign, "rounds": rounds,
-               "made_from": {"version": SUMMARY_VERSION, "artifacts": list(made_from)}}
+    summary = {"campaign": campaign, "rounds": rounds, "made_from": made_from_key(store, made_from)}
     if variant:
         summary["variant"] = variant
     folder = store.root / "campaigns" / campaign
@@ -53,28 +52,36 @@ def campaign_summary(
         plot_online(iterations, folder / "online.png", campaign)
     else:  # an earlier online run of this campaign name
         (folder / "online.png").unlink(missing_ok=True)
-    write_json_atomic(folder / "summary.json", summary)
     plot(rounds, folder / "summary.png", campaign)
+    write_json_atomic(folder / "summary.json", summary)  # last: the plots it names are there
     return summary
 
 
 SUMMARY_VERSION = 1  # bump when the summary's content changes: a re-run then writes it again
 
 
+def made_from_key(store: Store, ids: list[str]) -> dict[str, Any]:
+    """What a summary was made from: each stage's artifact and which making of it (an artifact made again
+    keeps its id, not its `made`), and the code that made the summary."""
+    return {"version": SUMMARY_VERSION, "rebelflow": library_versions().get("rebelflow"),
+            "artifacts": [[i, store.manifest(store.find(i)).get("made")] for i in ids]}
+
+
 def up_to_date(store: Store, campaign: str, artifacts: list[ArtifactRef], variant: dict[str, Any] | None) -> dict | None:
     """The campaign's summary when a re-run would change nothing: every stage's artifact complete in the
-    store (a damaged one is not), and summary.json and its plot made from exactly these artifacts, as this
-    variant, by this version of the summary. None otherwise (the run goes through its flow)."""
+    store (a damaged one is not), and summary.json and its plots made from exactly these makings of them,
+    as this variant, by this version of the summary and of rebelflow. None otherwise (the run goes through
+    its flow)."""
     folder = store.root / "campaigns" / campaign
     try:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    made = summary.get("made_from") or {}
-    if (made.get("version") != SUMMARY_VERSION or made.get("artifacts") != [a.id for a in artifacts]
-            or summary.get("variant") != variant or not (folder / "summary.png").is_file()):
+    plots = ["summary.png", *(["online.png"] if summary.get("online") else [])]
+    if (summary.get("variant") != variant or not all((folder / p).is_file() for p in plots)
+            or not all(store.is_complete(a) for a in artifacts)):
         return None
-    return summary if all(store.is_complete(a) for a in artifacts) else None
+    return summary if summary.get("made_from") == made_from_key(store, [a.id for a in artifacts]) else None
 
 
 ONLINE_KEYS = ("round", "iteration", "step", "score", "reward", "kl", "penalty_rate", "loss", "value_loss", "val_score",

@@ -89,7 +89,7 @@ def _subprocess(job: StageJob, store: Store, emit: Callable[[str], None]) -> Art
         try:
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
-                env={**os.environ, LAUNCHER_ENV: watch_token()}, preexec_fn=_die_with_parent,
+                env={**os.environ, **_entry_env(job), LAUNCHER_ENV: watch_token()}, preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise ConfigError(f"[{job.stage}.launcher.python] cannot start {python!r}: {exc}") from exc
@@ -155,14 +155,24 @@ def _entry(job: StageJob, python: str) -> list[str]:
     return [*cmd, "--module", module]
 
 
+def _entry_env(job: StageJob) -> dict[str, str]:
+    """What `accelerate launch` would have set for the one process that runs without it (the same explicit
+    defaults: a user's ACCELERATE_MIXED_PRECISION must not autocast training while logprobs stay fp32)."""
+    if job.launcher.kind != "accelerate" or _entry(job, "python")[1] != "-u":
+        return {}
+    return {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO", "ACCELERATE_USE_CPU": "False"}
+
+
 def threads_per_process(processes: int) -> int:
     """CPU threads for each of a launch's processes: $OMP_NUM_THREADS when set, else the physical cores
-    shared out (torch's own default for one process)."""
+    this process may run on (its CPU affinity: a Slurm or container allocation) shared out."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     import psutil
 
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    logical, physical = psutil.cpu_count() or allowed, psutil.cpu_count(logical=False) or allowed
+    cores = max(1, allowed * physical // max(logical, 1))  # hyperthreads left out, as torch's default does
     return max(1, cores // max(1, processes))
 
 

@@ -10,7 +10,8 @@ supervised loss on each pair's chosen (the prompt's best) response (losses.maske
 optimizer step in micro-batches of `micro_batch_pairs` (gradient accumulation), each micro-batch padded
 only to its own longest sequence. Validation loss and sign agreement every `eval_every` updates; a
 checkpoint every `checkpoint_every` updates in the artifact's .partial folder, from which an interrupted
-run continues. Normally launched with `accelerate launch` (train.launcher), one process on CPU.
+run continues. Launched by train.launcher: `accelerate launch` for several processes or ZeRO, the module
+itself for one process (the demo on CPU).
 
 Run alone: python -m rebelflow.stages.train configs/demo-rebel.yaml --round 1
 """

@@ -1,9 +1,10 @@
 """What a stage used, for its manifest: the peak resident memory of the process that made it (and the
-peak GPU memory torch allocated there, when it used a GPU).
+peak GPU memory torch allocated there on its current device, when it used a GPU).
 
-A stage in its own process (subprocess, accelerate: rank 0's) peaks over that process's life; an in-process
-stage shares the flow's process, whose peak the launcher resets before the stage starts (Linux's
-/proc/self/clear_refs; elsewhere the peak is the process's since it started, and says so)."""
+A stage in its own process (subprocess; under accelerate, rank 0's) peaks over that process's life. An
+in-process stage shares the flow's process: the launcher resets the peaks before the stage starts
+(Linux's /proc/self/clear_refs; elsewhere the RSS peak is the process's since it started), so its peak
+includes what the flow's process already held. Helper processes (vLLM's engine core) are not counted."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def reset_peak_rss() -> None:
         CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
     except OSError:
         pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_rss_mib() -> float:

@@ -184,11 +184,17 @@ def test_a_rerun_with_nothing_to_do_prints_the_tables_without_a_flow_run(tmp_pat
     summary_file = Path(store) / "campaigns/again/summary.json"
     made = json.loads(summary_file.read_text())["made_from"]
     jobs = campaign_jobs(load_config(str(cfg_file), store=store))
-    assert made["artifacts"] == [j.ref.id for j in jobs]
+    assert [i for i, _ in made["artifacts"]] == [j.ref.id for j in jobs]
 
+    index_file = Path(store) / "campaigns/again/index.json"
+    index = json.loads(index_file.read_text())
+    index["rounds"]["1"]["train"] = {"id": "train-of-another-config", "state": "failed"}  # a run in between
+    index_file.write_text(json.dumps(index))
     again = runner.invoke(app, ["run", str(cfg_file), "--store", store])
     assert again.exit_code == 0, again.output
     assert "Up to date" in again.output and campaign_runs() == 1  # no flow run
+    train = next(j for j in jobs if j.name == "train")
+    assert json.loads(index_file.read_text())["rounds"]["1"]["train"]["id"] == train.ref.id  # recorded again
     table = [line for line in again.output.splitlines() if re.match(r"│ [01] ", line)]
     assert len(table) == len(jobs) and all("│ cached │" in line for line in table)
     peaks = [line.rstrip().rsplit("│", 2)[-2].strip() for line in table]  # each stage's peak MiB, from its manifest

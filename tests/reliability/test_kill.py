@@ -10,6 +10,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from rebelflow.planning.campaign import Baseline, round_plan
 from rebelflow.running.launch import launch
@@ -67,13 +68,22 @@ def kill_and_wait(launcher, job_id: str, seconds: float) -> list[psutil.Process]
     return stage_processes(job_id)
 
 
-def test_killing_the_launcher_at_start_up_ends_the_stage_processes(tmp_path, prompts_file, tiny_policy):
-    """Killed before the stage writes a line (no broken pipe to end it): its processes still end at once."""
-    store, job, launcher = train_launched(tmp_path, prompts_file, tiny_policy)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killing_the_launcher_at_start_up_ends_the_stage_processes(tmp_path, prompts_file, tiny_policy, processes):
+    """Killed before the stage writes a line (no broken pipe to end it): its processes still end at once.
+    One process runs the stage module itself; two run under `accelerate launch`, whose workers sit in
+    sessions of their own (torch's elastic agent starts them so), out of reach of the kernel's parent-death
+    signal: they end by watching the launcher."""
+    launcher_cfg = {"kind": "accelerate", "num_processes": processes}
+    store, job, launcher = train_launched(tmp_path, prompts_file, tiny_policy, launcher=launcher_cfg)
+    def workers() -> list[psutil.Process]:
+        return [p for p in stage_processes(job.ref.id) if "accelerate" not in " ".join(p.cmdline())]
+
     deadline = time.time() + 120
-    while not watching(job.ref.id) and time.time() < deadline:  # the stage process, still starting up
-        time.sleep(0.05)
-    assert watching(job.ref.id)
+    while not (watching(job.ref.id) and len(workers()) == processes) and time.time() < deadline:
+        time.sleep(0.05)  # the stage processes, still starting up
+    assert watching(job.ref.id) and len(workers()) == processes
+    assert len(stage_processes(job.ref.id)) == processes + (processes > 1)  # and accelerate's launcher
     assert not kill_and_wait(launcher, job.ref.id, 2), "stage processes outlived their launcher"
     assert not store.is_complete(job.ref)
 

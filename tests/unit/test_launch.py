@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import psutil
-import pytest
 
 from rebelflow.config.campaign import LauncherConfig
 from rebelflow.planning.jobs import StageJob
@@ -32,23 +31,20 @@ def test_several_processes_each_get_their_share_of_the_cores(monkeypatch):
     cmd = _entry(job(kind="accelerate", num_processes=2), sys.executable)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and cmd[-2:] == ["--module", "rebelflow.stages.train"]
     threads = int(cmd[cmd.index("--num_cpu_threads_per_process") + 1])
-    assert threads == max(1, psutil.cpu_count(logical=False) // 2)
+    assert 1 <= threads <= max(1, (psutil.cpu_count(logical=False) or 2) // 2)
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
     assert threads_per_process(2) == 3
 
 
-@pytest.mark.parametrize("omp", [None, "2"])
-def test_the_threads_reach_the_stage_process(monkeypatch, tmp_path, omp):
-    """What accelerate itself would give the process (without the flag: OMP_NUM_THREADS=1, one core)."""
-    if omp is None:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+def test_the_threads_reach_each_process_of_a_launch(monkeypatch, tmp_path):
+    """The command _entry makes for two processes, running a script in place of the stage module: each
+    process gets the threads asked for (accelerate alone would give them OMP_NUM_THREADS=1)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     script = tmp_path / "threads.py"
-    script.write_text("import os; print('threads', os.environ.get('OMP_NUM_THREADS'))\n")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process",
-              str(threads_per_process(1)), str(script)]
-    out = subprocess.run(launch, capture_output=True, text=True, check=True).stdout
-    assert f"threads {threads_per_process(1)}" in out
+    script.write_text("import os; print('threads', os.environ.get('OMP_NUM_THREADS'), flush=True)\n")
+    cmd = _entry(job(kind="accelerate", num_processes=2), sys.executable)
+    assert cmd[-2:] == ["--module", "rebelflow.stages.train"]
+    out = subprocess.run([*cmd[:-2], str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("threads 2") == 2, out.stdout

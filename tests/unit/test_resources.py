@@ -36,4 +36,4 @@ def test_a_finished_artifact_records_the_peak_of_its_making(tmp_path):
         writer.write_shard("train", 0, [{"x": 1}], None)
         writer.finish({"rows": 1})
     resources = store.manifest(ref)["resources"]
-    assert 10 < resources["peak_rss_mib"] < 1e6 and "peak_gpu_mib" not in resources
+    assert 10 < resources["peak_rss_mib"] < 1e6
