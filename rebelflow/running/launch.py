@@ -136,7 +136,7 @@ def _entry(job: StageJob, python: str) -> list[str]:
     after importing torch itself (2 s per stage on a CPU), and would pin it to one thread (below)."""
     module = f"rebelflow.stages.{job.stage}"
     processes = job.launcher.num_processes
-    if job.launcher.kind != "accelerate" or (processes or 1) == 1 and not job.launcher.config_file:
+    if not _under_accelerate(job):
         return [python, "-u", "-m", module]
     cmd = [python, "-m", "accelerate.commands.launch"]
     if processes is not None:
@@ -155,10 +155,16 @@ def _entry(job: StageJob, python: str) -> list[str]:
     return [*cmd, "--module", module]
 
 
+def _under_accelerate(job: StageJob) -> bool:
+    """Whether the job runs under `accelerate launch`: several processes, or a launch config."""
+    launcher = job.launcher
+    return launcher.kind == "accelerate" and ((launcher.num_processes or 1) > 1 or bool(launcher.config_file))
+
+
 def _entry_env(job: StageJob) -> dict[str, str]:
     """What `accelerate launch` would have set for the one process that runs without it (the same explicit
     defaults: a user's ACCELERATE_MIXED_PRECISION must not autocast training while logprobs stay fp32)."""
-    if job.launcher.kind != "accelerate" or _entry(job, "python")[1] != "-u":
+    if job.launcher.kind != "accelerate" or _under_accelerate(job):
         return {}
     return {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO", "ACCELERATE_USE_CPU": "False"}
 

@@ -30,8 +30,11 @@ def test_several_processes_each_get_their_share_of_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cmd = _entry(job(kind="accelerate", num_processes=2), sys.executable)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and cmd[-2:] == ["--module", "rebelflow.stages.train"]
-    threads = int(cmd[cmd.index("--num_cpu_threads_per_process") + 1])
-    assert 1 <= threads <= max(1, (psutil.cpu_count(logical=False) or 2) // 2)
+    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == str(threads_per_process(2))
+    # a node of 16 hyperthreads on 8 cores, of which this job may use 8 CPUs (4 cores): 2 threads a process
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16 if logical else 8)
+    assert [threads_per_process(n) for n in (1, 2, 4, 8)] == [4, 2, 1, 1]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
     assert threads_per_process(2) == 3
