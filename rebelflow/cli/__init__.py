@@ -1,5 +1,6 @@
-"""`rebelflow` command line: run, plan, history, show, server, doctor, rm-train, rm-eval, deploy, worker here;
-export, samples, compare, mt-bench, alpaca-eval in cli.evaluation; what they share in cli.common.
+"""`rebelflow` command line: run, plan, history, show, doctor, rm-train, rm-eval, deploy here; export, samples,
+compare, mt-bench, alpaca-eval in cli.evaluation; server and worker in cli.server; what they share in
+cli.common.
 
 Configuration errors and unusable prompt data exit with code 2 before any stage starts; a data error
 inside a stage (e.g. a reward that fails on every response) exits with 1 and one readable message.
@@ -10,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from typing import Annotated
 
 import typer
@@ -129,15 +127,14 @@ def _print_up_to_date(cfg) -> bool:
         return False
     started = time.time()
     jobs, policy = campaign_plan(cfg)
-    summary = up_to_date(Store(cfg.store.root), cfg.campaign, [j.ref for j in jobs],
-                         cfg.variant.model_dump() if cfg.variant else None)
+    store = Store(cfg.store.root)
+    summary = up_to_date(store, cfg.campaign, [j.ref for j in jobs], cfg.variant.model_dump() if cfg.variant else None)
     if summary is None:
         return False
-    store_obj = Store(cfg.store.root)
     for j in jobs:  # the campaign index names these artifacts again, as the flow's run would
-        store_obj.record(cfg.campaign, j.round, j.name, j.ref)
+        store.record(cfg.campaign, j.round, j.name, j.ref)
     records = [{"round": j.round, "stage": j.name, "id": j.ref.id, "status": "cached", "seconds": 0.0,
-                "peak_mib": recorded_peak(store_obj.manifest(j.ref))} for j in jobs]
+                "peak_mib": recorded_peak(store.manifest(j.ref))} for j in jobs]
     _print_campaign(cfg, records, f"{time.time() - started:.1f}s", summary, policy)
     console.print("Up to date: every stage is in the store and the summary was made from them, so nothing ran "
                   "and no flow run was recorded (--record records one).", soft_wrap=True)
@@ -305,54 +302,6 @@ def _short(value):
 
 
 @app.command()
-def server(
-    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    database_url: Annotated[str | None, typer.Option(
-        help="a PostgreSQL database instead of SQLite in PREFECT_HOME, e.g. postgresql+asyncpg://user@host:5432/db "
-             "(a password is better kept in $PREFECT_API_DATABASE_CONNECTION_URL than on the command line)")] = None,
-) -> None:
-    """Start Prefect's server and UI on the same PREFECT_HOME, so earlier runs are browsable. Ctrl-C stops it."""
-    port = port or _free_port(host)
-    env = {**os.environ, "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_API_HOST": host}
-    if database_url:
-        if not database_url.startswith("postgresql+asyncpg://"):
-            err.print("--database-url must start with postgresql+asyncpg:// (Prefect's PostgreSQL driver).")
-            raise typer.Exit(2)
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env)
-    url = f"http://{host}:{port}"
-    try:
-        if _wait_healthy(f"{url}/api/health", proc):
-            console.print(f"Prefect UI: {url}\nSend runs here: export PREFECT_API_URL={url}/api")
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=20)
-    raise typer.Exit(proc.returncode or 0)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.5)
-    return False
-
-
-@app.command()
 def deploy(
     config: ConfigArg,
     cron: Annotated[str | None, typer.Option(help="schedule, e.g. '0 */6 * * *'")] = None,
@@ -389,19 +338,6 @@ def deploy(
         return
     console.print(f"serving campaign-next-round/{name}, {when}; Ctrl-C stops", markup=False, highlight=False)
     dp.serve(name, params, cron, every)
-
-
-@app.command()
-def worker(pool: Annotated[str, typer.Option(help="the work pool `rebelflow deploy --pool` used")]) -> None:
-    """Run flow runs of deployments on a process work pool (Prefect's process worker) until Ctrl-C."""
-    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
-    proc = subprocess.Popen(cmd)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
-    raise typer.Exit(proc.returncode or 0)
 
 
 def _load_rm(config: str, overrides: list[str], store: str | None, train: bool | None, rehearse: bool = False):
@@ -525,7 +461,7 @@ def doctor(config: Annotated[str | None, typer.Argument(help="a campaign or rewa
     console.print("ready: every stage's interpreter and engine are available")
 
 
-from rebelflow.cli import evaluation  # noqa: E402,F401  (registers its commands on the app)
+from rebelflow.cli import evaluation, server  # noqa: E402,F401  (they register their commands on the app)
 
 
 def main() -> None:
