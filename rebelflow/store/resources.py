@@ -22,8 +22,8 @@ def reset_peak_rss() -> None:
         CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
     except OSError:
         pass
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = _torch_on_gpu()
+    if torch is not None:
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -42,10 +42,16 @@ def peak_rss_mib() -> float:
 def usage() -> dict[str, Any]:
     """The manifest's `resources`: peak RSS (MiB) and, if torch used a GPU here, its peak allocation."""
     out: dict[str, Any] = {"peak_rss_mib": round(peak_rss_mib(), 1)}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = _torch_on_gpu()
+    if torch is not None:
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def _torch_on_gpu():
+    """torch, when this process has imported it and used a GPU (never imports it)."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 def recorded_peak(manifest: dict[str, Any]) -> float | None:
